@@ -1,0 +1,41 @@
+"""The ``execmesh`` console script: one subcommand per long-running process or user task.
+
+Each subcommand lives in its own module and exposes ``main(argv) -> int``; this file only
+dispatches, importing lazily so that ``execmesh triggers`` does not load the node.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("execmesh.broker.main", "run the local Knative Kafka broker"),
+    "triggers": ("execmesh.broker.triggers_cli", "list triggers as `kn trigger list` does"),
+    "node": ("execmesh.node.main", "run the local node: the pod API over a sandbox"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: execmesh COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"execmesh: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

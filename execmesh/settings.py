@@ -1,0 +1,90 @@
+"""Every setting execmesh reads, from the environment, in one place.
+
+Clients are built from one ``Settings`` object; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_database: str = "execmesh"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    k_sink: str = ""
+    k_ce_overrides: str = ""
+    eventing_dir: Path = PROJECT_ROOT / "eventing"
+    local_config_path: Path = PROJECT_ROOT / "config" / "local.yaml"
+    data_dir: Path = PROJECT_ROOT / ".local"
+    kubeconfig: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            mongodb_url=env.get("MONGODB_URL", defaults.mongodb_url),
+            mongodb_database=env.get("MONGODB_DATABASE", defaults.mongodb_database),
+            kafka_bootstrap_servers=env.get(
+                "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
+            ),
+            redis_url=env.get("REDIS_URL", defaults.redis_url),
+            k_sink=env.get("K_SINK", ""),
+            k_ce_overrides=env.get("K_CE_OVERRIDES", ""),
+            eventing_dir=Path(env.get("EXECMESH_EVENTING_DIR", str(defaults.eventing_dir))),
+            local_config_path=Path(
+                env.get("EXECMESH_LOCAL_CONFIG", str(defaults.local_config_path))
+            ),
+            data_dir=Path(env.get("EXECMESH_DATA_DIR", str(defaults.data_dir))),
+            kubeconfig=env.get("KUBECONFIG", ""),
+        )
+
+    def local_config(self) -> LocalConfig:
+        return LocalConfig.load(self.local_config_path)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """``config/local.yaml``: where each process of the local mesh listens."""
+
+    namespace: str
+    broker_name: str
+    broker_port: int
+    node_port: int
+    service_ports: Mapping[str, int]
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def load(cls, path: Path) -> LocalConfig:
+        raw: dict[str, Any] = yaml.safe_load(path.read_text())
+        return cls(
+            namespace=str(raw["namespace"]),
+            broker_name=str(raw["broker"]["name"]),
+            broker_port=int(raw["broker"]["port"]),
+            node_port=int(raw["node"]["port"]),
+            service_ports={
+                name: int(spec["port"]) for name, spec in raw.get("services", {}).items()
+            },
+        )
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://{self.host}:{self.broker_port}/{self.namespace}/{self.broker_name}"
+
+    @property
+    def node_url(self) -> str:
+        return f"http://{self.host}:{self.node_port}"
+
+    def service_url(self, name: str) -> str:
+        return f"http://{self.host}:{self.service_ports[name]}"
