@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +80,7 @@ def test_checked_in_schemas_are_not_stale() -> None:
     assert stale_files(SCHEMAS_DIR) == []
 
 
-def test_a_changed_or_extra_schema_file_counts_as_stale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_or_extra_schema_file_counts_as_stale(tmp_path: Path) -> None:
     write_schemas(tmp_path)
     assert stale_files(tmp_path) == []
     name = next(iter(render_schemas()))
