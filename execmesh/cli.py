@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("execmesh.broker.main", "run the local Knative Kafka broker"),
     "triggers": ("execmesh.broker.triggers_cli", "list triggers as `kn trigger list` does"),
     "node": ("execmesh.node.main", "run the local node: the pod API over a sandbox"),
+    "ping": ("execmesh.sources.ping", "run the local PingSource adapter"),
 }
 
 
