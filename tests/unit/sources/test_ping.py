@@ -22,9 +22,7 @@ from execmesh.sources.ping import (
 LOCAL = LocalConfig.load(PROJECT_ROOT / "config" / "local.yaml")
 
 
-@pytest.mark.parametrize(
-    ("schedule", "seconds"), [("* * * * *", 60.0), ("*/5 * * * *", 300.0)]
-)
+@pytest.mark.parametrize(("schedule", "seconds"), [("* * * * *", 60.0), ("*/5 * * * *", 300.0)])
 def test_minute_schedules_become_periods(schedule: str, seconds: float) -> None:
     assert schedule_period_seconds(schedule) == seconds
 
