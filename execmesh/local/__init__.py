@@ -1,0 +1,1 @@
+"""The local mesh: every process of the pipeline on one machine."""
