@@ -28,6 +28,10 @@ class Settings:
     local_config_path: Path = PROJECT_ROOT / "config" / "local.yaml"
     data_dir: Path = PROJECT_ROOT / ".local"
     kubeconfig: str = ""
+    # Where pods run: "local" (the local node of config/local.yaml) or "cluster" (KUBECONFIG or
+    # the in-cluster service account).
+    pod_backend: str = "local"
+    pod_namespace: str = "execmesh"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +52,8 @@ class Settings:
             ),
             data_dir=Path(env.get("EXECMESH_DATA_DIR", str(defaults.data_dir))),
             kubeconfig=env.get("KUBECONFIG", ""),
+            pod_backend=env.get("EXECMESH_POD_BACKEND", defaults.pod_backend),
+            pod_namespace=env.get("EXECMESH_POD_NAMESPACE", defaults.pod_namespace),
         )
 
     def local_config(self) -> LocalConfig:
