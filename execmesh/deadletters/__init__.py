@@ -1,0 +1,1 @@
+"""Dead letters: what the broker could not deliver, kept, retried by policy, then parked."""
