@@ -32,6 +32,11 @@ class Settings:
     # the in-cluster service account).
     pod_backend: str = "local"
     pod_namespace: str = "execmesh"
+    # The saga gives a run its timeout plus this grace before ending it as timed out.
+    saga_grace_seconds: float = 30.0
+    saga_batch_size: int = 100
+    # Finished sagas (and cancels that never met an acceptance) are purged after this.
+    saga_retention_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +57,11 @@ class Settings:
             ),
             data_dir=Path(env.get("EXECMESH_DATA_DIR", str(defaults.data_dir))),
             kubeconfig=env.get("KUBECONFIG", ""),
+            saga_grace_seconds=float(env.get("SAGA_GRACE_SECONDS", defaults.saga_grace_seconds)),
+            saga_batch_size=int(env.get("SAGA_BATCH_SIZE", defaults.saga_batch_size)),
+            saga_retention_seconds=float(
+                env.get("SAGA_RETENTION_SECONDS", defaults.saga_retention_seconds)
+            ),
             pod_backend=env.get("EXECMESH_POD_BACKEND", defaults.pod_backend),
             pod_namespace=env.get("EXECMESH_POD_NAMESPACE", defaults.pod_namespace),
         )
