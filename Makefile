@@ -1,0 +1,54 @@
+# execmesh: one entry point for setting up, running and checking the project.
+# `make setup && make services-up && make test` is the whole story on a fresh machine.
+
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+RUFF   := $(VENV)/bin/ruff
+MYPY   := $(VENV)/bin/mypy
+
+.DEFAULT_GOAL := help
+.PHONY: help setup services-up services-down services-status test test-unit lint fmt \
+        schemas schemas-check run clean-data
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: ## install everything: venv, Redis, Kafka (KRaft), FerretDB; idempotent
+	bash scripts/setup.sh
+
+services-up: ## start Kafka, FerretDB and Redis in the background and wait until healthy
+	$(PYTHON) -m execmesh.localservices up
+
+services-down: ## stop the local services started by services-up
+	$(PYTHON) -m execmesh.localservices down
+
+services-status: ## show whether each service answers its health check
+	$(PYTHON) -m execmesh.localservices status
+
+test: ## every test: unit, integration against the real services, e2e
+	$(PYTEST) -q
+
+test-unit: ## only the tests that need no service and no sandbox
+	$(PYTEST) -q -m "not services and not node"
+
+lint: ## ruff (lint and format check) and mypy --strict, all clean
+	$(RUFF) check .
+	$(RUFF) format --check .
+	$(MYPY)
+
+fmt: ## format and auto-fix with ruff
+	$(RUFF) format .
+	$(RUFF) check --fix .
+
+schemas: ## regenerate eventing/schemas/ from the event catalogue
+	$(PYTHON) -m execmesh.schemas
+
+schemas-check: ## fail when eventing/schemas/ is stale
+	$(PYTHON) -m execmesh.schemas --check
+
+run: ## the whole local mesh in the foreground (needs services-up)
+	$(VENV)/bin/execmesh up
+
+clean-data: services-down ## stop the services and delete their data (keeps installs)
+	rm -rf .local/data .local/run .local/kafka/server.properties

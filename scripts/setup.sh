@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make setup`: everything execmesh needs on a fresh machine, installed idempotently.
+#
+#   - the Python virtual environment in .venv, with the project and its dev tools;
+#   - Redis, from Debian's packages;
+#   - Apache Kafka 4.x (KRaft), its jars resolved by Maven from scripts/services/pom.xml;
+#   - FerretDB 1.24.2, built from its Go module with a SQLite backend.
+#
+# A service whose URL is set in the environment (REDIS_URL, KAFKA_BOOTSTRAP_SERVERS,
+# MONGODB_URL) to anything but the local default is external: nothing is installed for it
+# (`python -m execmesh.localservices local` names the local ones).
+# Each step is skipped when what it would produce is already there and up to date.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DATA=${EXECMESH_DATA_DIR:-$ROOT/.local}
+VENV=$ROOT/.venv
+PYTHON=${PYTHON:-python3.11}
+FERRETDB_VERSION=v1.24.2
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
+
+apt_install() {  # apt_install PACKAGE...: install the Debian packages that are missing
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  say "apt-get install ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+setup_python() {
+  command -v "$PYTHON" >/dev/null || PYTHON=python3
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+    || die "Python 3.11 is needed (tried $PYTHON); set PYTHON=/path/to/python3.11"
+  [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  local stamp=$VENV/.execmesh-installed want
+  want=$(fingerprint "$ROOT/pyproject.toml")
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing Python dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+    echo "$want" >"$stamp"
+  fi
+}
+
+setup_redis() {
+  command -v redis-server >/dev/null && return 0
+  apt_install redis-server
+  # Debian's package may start its own server on 6379; ours is started by `make services-up`.
+  if command -v systemctl >/dev/null && systemctl is-active -q redis-server 2>/dev/null; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
+}
+
+setup_kafka() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  local pom=$ROOT/scripts/services/pom.xml libs=$DATA/kafka/libs want
+  want=$(fingerprint "$pom")
+  if [ "$(cat "$libs/.pom-fingerprint" 2>/dev/null)" != "$want" ]; then
+    say "resolving Kafka's jars with Maven into $libs"
+    rm -rf "$libs"
+    mkdir -p "$libs"
+    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs"
+    echo "$want" >"$libs/.pom-fingerprint"
+  fi
+}
+
+setup_ferretdb() {
+  local bin=$DATA/bin/ferretdb
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+    return 0
+  fi
+  command -v go >/dev/null || die "Go is needed to build FerretDB (go.dev toolchain, 1.22 or newer)"
+  say "building FerretDB $FERRETDB_VERSION into $bin"
+  # `go install ...@v1.24.2` builds a binary that panics at start: the module zip lacks the
+  # generated build/version/version.txt. Build a copy of the same module with that file.
+  local module src
+  module=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" \
+    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  src=$(mktemp -d)
+  trap 'rm -rf "$src"' RETURN
+  cp -r "$module/." "$src"
+  chmod -R u+w "$src"
+  echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
+  mkdir -p "$DATA/bin"
+  (cd "$src" && go build -trimpath -o "$bin" ./cmd/ferretdb)
+}
+
+setup_python
+local_services=" $("$VENV/bin/python" -m execmesh.localservices local) "
+case $local_services in *" redis "*) setup_redis ;; esac
+case $local_services in *" kafka "*) setup_kafka ;; esac
+case $local_services in *" ferretdb "*) setup_ferretdb ;; esac
+"$VENV/bin/python" -m execmesh.localservices prepare
+say "setup done; next: make services-up"
