@@ -1,0 +1,1 @@
+"""The event store behind replay, and replay sessions."""
