@@ -1,0 +1,210 @@
+#!/bin/sh
+# execmesh entry point: run one untrusted program, then report what it did.
+#
+# POSIX sh only (dash, busybox ash, bash), plus mkfifo, head -c and wc -c, which coreutils
+# and busybox both provide: the image may have no other interpreter than the program's.
+#
+# Reads a directory (EXECMESH_DIR, default /execmesh: the pod's ConfigMap):
+#   argv                the command line, its words quoted for sh
+#   source-file         the name of the program's file in that directory
+#   stdin               the program's standard input (absent: /dev/null)
+#   output-limit-bytes  the cap on each of stdout and stderr
+#   timeout-seconds     the program's wall-clock limit (decimal)
+# Writes:
+#   EXECMESH_TERMINATION_LOG (default /dev/termination-log): a one-line JSON summary, read
+#     back by Kubernetes as the container's termination message (which must stay < 4 KiB).
+#   its stdout (the pod log): both streams, length-prefixed, so any bytes survive:
+#     "execmesh-output 1\n"
+#     "stdout <length> <truncated 0|1>\n" <length bytes> "\n"
+#     "stderr <length> <truncated 0|1>\n" <length bytes> "\n"
+#     "end\n"
+#   its exit status: the program's (128+N when signal N killed it); 125 when the entry
+#     point itself failed, and then the summary is {"v":1,"error":"<reason>"} instead.
+# Scratch space: EXECMESH_SCRATCH (default /tmp); cgroup files: EXECMESH_CGROUP_ROOT.
+
+set -u
+config=${EXECMESH_DIR:-/execmesh}
+summary=${EXECMESH_TERMINATION_LOG:-/dev/termination-log}
+cgroup=${EXECMESH_CGROUP_ROOT:-/sys/fs/cgroup}
+scratch=${EXECMESH_SCRATCH:-/tmp}
+run=$scratch/.execmesh
+work=$scratch/work
+# How long the readers may wait for end-of-file once the program has exited: processes it
+# left behind can hold its stdout open forever.
+grace=2
+
+# Anything our own tools print would land in the framed log and corrupt it.
+exec 2>/dev/null
+
+fail() {
+    printf '{"v":1,"error":"%s"}\n' "$1" >"$summary"
+    printf 'execmesh-output 1\nerror %s\nend\n' "$1"
+    exit 125
+}
+
+is_number() {
+    case $1 in '' | *[!0-9]*) return 1 ;; esac
+}
+
+is_decimal() {
+    case $1 in '' | . | *[!0-9.]* | *.*.*) return 1 ;; esac
+}
+
+# Milliseconds on a monotonic-enough clock; busybox without %N falls back to /proc/uptime.
+now_ms() {
+    _t=$(date +%s%N)
+    if is_number "$_t" && [ "${#_t}" -gt 12 ]; then
+        _ms=$((_t / 1000000))
+    else
+        IFS=' .' read -r _s _cs _ </proc/uptime
+        _ms=$((_s * 1000 + (1$_cs - 100) * 10))
+    fi
+}
+
+# "1m2.345678s" (dash), "1m2.345s" (bash, busybox) -> milliseconds in _ms.
+to_ms() {
+    _m=${1%%m*}
+    _r=${1#*m}
+    _r=${_r%s}
+    _sec=${_r%%.*}
+    _f=000
+    case $_r in *.*) _f=${_r#*.}000 ;; esac
+    _f=${_f%"${_f#???}"}
+    _ms=$((_m * 60000 + _sec * 1000 + 1$_f - 1000))
+}
+
+# User + system CPU of the children this shell has waited for, in _cpu.
+children_cpu_ms() {
+    { read -r _ _ && read -r _u _s; } <"$1" || { _cpu=0; return; }
+    to_ms "$_u"
+    _cpu=$_ms
+    to_ms "$_s"
+    _cpu=$((_cpu + _ms))
+}
+
+# Run "$2..." after $1 seconds in the background; kill $! with TERM to cancel it cleanly.
+later() {
+    (
+        _p=
+        trap 'kill "$_p"; exit 0' TERM
+        sleep "$1" & _p=$!
+        # A sleep without fractions: round up, as a deadline must never come early.
+        if ! wait "$_p"; then
+            _c=${1%%.*}
+            [ "$_c" = "$1" ] || _c=$((${_c:-0} + 1))
+            sleep "$_c" & _p=$!
+            wait "$_p" || exit 0
+        fi
+        shift
+        "$@"
+    ) &
+}
+
+capture() {
+    {
+        head -c $((limit + 1)) >"$run/$1" || : >"$run/$1.failed"
+        cat >/dev/null
+    } <"$run/$1.fifo"
+}
+
+time_out() {
+    : >"$run/timed-out"
+    read -r _pid <"$run/pid" && kill -KILL "$_pid"
+}
+
+# A value file may lack its final newline: read then fails but still sets the variable.
+value() {
+    _v=
+    [ -r "$config/$1" ] || fail config-missing
+    IFS= read -r _v <"$config/$1" || [ -n "$_v" ] || fail config-invalid
+}
+
+value source-file
+source=$_v
+case $source in '' | */* | . | ..) fail config-invalid ;; esac
+value output-limit-bytes
+limit=$_v
+is_number "$limit" || fail config-invalid
+value timeout-seconds
+timeout=$_v
+is_decimal "$timeout" || fail config-invalid
+[ -r "$config/argv" ] || fail config-missing
+eval "set -- $(cat "$config/argv")" || fail config-invalid
+[ "$#" -gt 0 ] || fail config-invalid
+command -v "$1" >/dev/null || fail runtime-missing
+stdin=/dev/null
+[ -e "$config/stdin" ] && stdin=$config/stdin
+
+ulimit -c 0
+rm -rf "$run" "$work"
+mkdir -p "$run" "$work" || fail scratch-unwritable
+mkfifo "$run/stdout.fifo" "$run/stderr.fifo" || fail scratch-unwritable
+cp "$config/$source" "$work/$source" || fail scratch-unwritable
+
+capture stdout &
+out_reader=$!
+capture stderr &
+err_reader=$!
+
+later "$timeout" time_out
+deadline=$!
+times >"$run/times-before"
+now_ms
+started=$_ms
+# The extra sh records the program's pid for the deadline, then becomes the program: run in
+# the foreground, it keeps the default SIGINT/SIGQUIT that background jobs would lose.
+(cd "$work" && exec /bin/sh -c 'echo "$$" >"$0" && exec "$@"' "$run/pid" "$@") \
+    <"$stdin" >"$run/stdout.fifo" 2>"$run/stderr.fifo"
+status=$?
+now_ms
+wall_ms=$((_ms - started))
+times >"$run/times-after"
+kill "$deadline"
+
+later "$grace" kill "$out_reader" "$err_reader"
+abandon=$!
+wait "$out_reader" "$err_reader"
+kill "$abandon"
+
+children_cpu_ms "$run/times-before"
+cpu_before=$_cpu
+children_cpu_ms "$run/times-after"
+cpu_ms=$((_cpu - cpu_before))
+
+signal=null
+[ "$status" -gt 128 ] && [ "$status" -le 192 ] && signal=$((status - 128))
+timed_out=false
+[ -e "$run/timed-out" ] && timed_out=true
+
+peak=null
+for f in "$cgroup/memory.peak" "$cgroup/memory/memory.max_usage_in_bytes"; do
+    if [ -r "$f" ] && IFS= read -r v <"$f" && is_number "$v"; then
+        peak=$v
+        break
+    fi
+done
+
+# A reader still running (output held open by a leftover process) has written only a prefix,
+# so lengths are taken once and exactly that many bytes are framed.
+printf 'execmesh-output 1\n'
+for stream in stdout stderr; do
+    size=$(wc -c <"$run/$stream")
+    size=$((size))
+    truncated=0
+    if [ "$size" -gt "$limit" ] || [ -e "$run/$stream.failed" ]; then
+        truncated=1
+    fi
+    [ "$size" -gt "$limit" ] && size=$limit
+    printf '%s %d %d\n' "$stream" "$size" "$truncated"
+    head -c "$size" "$run/$stream"
+    printf '\n'
+    eval "${stream}_bytes=\$size ${stream}_truncated=\$truncated"
+done
+printf 'end\n'
+
+bool() { if [ "$1" = 1 ]; then echo true; else echo false; fi; }
+printf '{"v":1,"exit_code":%d,"signal":%s,"timed_out":%s,"wall_ms":%d,"cpu_ms":%d,"peak_memory_bytes":%s,"stdout_bytes":%d,"stderr_bytes":%d,"stdout_truncated":%s,"stderr_truncated":%s}\n' \
+    "$status" "$signal" "$timed_out" "$wall_ms" "$cpu_ms" "$peak" \
+    "$stdout_bytes" "$stderr_bytes" "$(bool "$stdout_truncated")" "$(bool "$stderr_truncated")" \
+    >"$summary"
+exit "$status"
