@@ -1,0 +1,179 @@
+"""`execmesh broker`: the local Knative Kafka broker, ingress and one dispatcher per trigger.
+
+    execmesh broker [--eventing-dir DIR] [--port P] [--partitions N]
+
+SIGINT/SIGTERM stop it cleanly: the ingress stops taking events, deliveries in flight get a
+grace period, finished offsets are committed. Whatever did not finish is redelivered on the
+next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from execmesh.broker.dispatcher import HttpxSender, Route, TriggerDispatcher
+from execmesh.broker.ingress import build_app
+from execmesh.broker.kafka_io import (
+    DEFAULT_PARTITIONS,
+    KafkaEventLog,
+    TriggerConsumer,
+    ensure_topic,
+)
+from execmesh.broker.manifests import Eventing, load_eventing
+from execmesh.broker.resolve import DestinationError, resolve
+from execmesh.errors import ConfigError
+from execmesh.settings import LocalConfig, Settings
+
+log = logging.getLogger(__name__)
+
+DRAIN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    eventing: Eventing
+    local: LocalConfig
+    bootstrap: str
+    host: str
+    port: int
+    partitions: int = DEFAULT_PARTITIONS
+    max_pending: int = 2000
+
+
+def routes(eventing: Eventing, local: LocalConfig) -> list[Route]:
+    built = []
+    for trigger in eventing.triggers:
+        delivery = eventing.delivery_of(trigger)
+        try:
+            subscriber = resolve(trigger.subscriber, local)
+            sink = delivery.dead_letter_sink
+            dead_letter_sink = None if sink is None else resolve(sink, local)
+        except DestinationError as error:
+            raise ConfigError(f"{trigger.source}: Trigger {trigger.name}: {error}") from error
+        built.append(
+            Route(
+                name=trigger.name,
+                filter=trigger.filter,
+                subscriber=subscriber,
+                delivery=delivery,
+                dead_letter_sink=dead_letter_sink,
+                reply_topic=eventing.broker_of(trigger).topic,
+            )
+        )
+    return built
+
+
+async def serve(options: BrokerOptions) -> None:
+    eventing = options.eventing
+    trigger_routes = routes(eventing, options.local)
+    for broker in eventing.brokers:
+        await asyncio.to_thread(ensure_topic, options.bootstrap, broker.topic, options.partitions)
+    event_log = await asyncio.to_thread(KafkaEventLog, options.bootstrap)
+    sender = HttpxSender()
+    loop = asyncio.get_running_loop()
+    pairs = [
+        _wire(
+            options,
+            route,
+            eventing.broker_of(trigger).topic,
+            trigger.consumer_group,
+            sender,
+            event_log,
+            loop,
+        )
+        for trigger, route in zip(eventing.triggers, trigger_routes, strict=True)
+    ]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
+        topics = {broker.path: broker.topic for broker in eventing.brokers}
+        config = uvicorn.Config(
+            build_app(topics, event_log),
+            host=options.host,
+            port=options.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        log.info(
+            "broker ready on http://%s:%d with %d trigger(s)",
+            options.host,
+            options.port,
+            len(pairs),
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await _stop(pairs)
+        await sender.aclose()
+        await asyncio.to_thread(event_log.close)
+
+
+def _wire(
+    options: BrokerOptions,
+    route: Route,
+    topic: str,
+    group: str,
+    sender: HttpxSender,
+    event_log: KafkaEventLog,
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[TriggerDispatcher, TriggerConsumer]:
+    consumer: TriggerConsumer
+
+    def finished(partition: int, offset: int) -> None:
+        consumer.finished(partition, offset)
+
+    dispatcher = TriggerDispatcher(route, sender, event_log, finished)
+    consumer = TriggerConsumer(
+        options.bootstrap,
+        topic,
+        group,
+        loop,
+        dispatcher.submit_batch,
+        lambda: dispatcher.in_flight,
+        max_pending=options.max_pending,
+    )
+    return dispatcher, consumer
+
+
+async def _stop(pairs: list[tuple[TriggerDispatcher, TriggerConsumer]]) -> None:
+    for _, consumer in pairs:
+        consumer.stop_polling()
+    await asyncio.gather(*(dispatcher.drain(DRAIN_GRACE) for dispatcher, _ in pairs))
+    await asyncio.gather(*(asyncio.to_thread(consumer.close) for _, consumer in pairs))
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(prog="execmesh broker", description=__doc__.split("\n")[0])
+    parser.add_argument("--eventing-dir", type=Path, default=settings.eventing_dir)
+    parser.add_argument("--local-config", type=Path, default=settings.local_config_path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: broker.port of the local config")
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        local = LocalConfig.load(args.local_config)
+        eventing = load_eventing(args.eventing_dir, local.namespace)
+        options = BrokerOptions(
+            eventing=eventing,
+            local=local,
+            bootstrap=settings.kafka_bootstrap_servers,
+            host=args.host,
+            port=args.port or local.broker_port,
+            partitions=args.partitions,
+        )
+        routes(eventing, local)
+        asyncio.run(serve(options))
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    return 0
