@@ -1,0 +1,54 @@
+"""The mesh client and the function contract every execmesh function is built on."""
+
+from __future__ import annotations
+
+from execmesh.mesh.emission import (
+    Emission,
+    OutgoingEvent,
+    build_event,
+    derive_event_id,
+    parse_ce_overrides,
+    to_binary_http,
+)
+from execmesh.mesh.envelope import IncomingEvent, decode_event
+from execmesh.mesh.function import (
+    CloudEventFunction,
+    Context,
+    Reply,
+    Runtime,
+    build_runtime,
+    cloud_event_function,
+    flask_app,
+)
+from execmesh.mesh.idempotency import (
+    IdempotencyStore,
+    InMemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
+from execmesh.mesh.sender import AsyncHttpSender, Emitter, HttpSender, RecordingSender, Sender
+
+__all__ = [
+    "AsyncHttpSender",
+    "CloudEventFunction",
+    "Context",
+    "Emission",
+    "Emitter",
+    "HttpSender",
+    "IdempotencyStore",
+    "InMemoryIdempotencyStore",
+    "IncomingEvent",
+    "OutgoingEvent",
+    "RecordingSender",
+    "RedisIdempotencyStore",
+    "Reply",
+    "Runtime",
+    "Sender",
+    "build_event",
+    "build_runtime",
+    "cloud_event_function",
+    "decode_event",
+    "derive_event_id",
+    "flask_app",
+    "parse_ce_overrides",
+    "to_binary_http",
+]
