@@ -364,7 +364,8 @@ def start(service: Service, layout: Layout) -> subprocess.Popen[bytes] | None:
 def wait_until_healthy(
     service: Service, layout: Layout, process: subprocess.Popen[bytes] | None
 ) -> None:
-    deadline = time.monotonic() + service.start_timeout
+    timeout = service.start_timeout if service.local else min(service.start_timeout, 10.0)
+    deadline = time.monotonic() + timeout
     reason = healthy(service)
     while reason is not None:
         if process is not None and process.poll() is not None:
@@ -374,11 +375,14 @@ def wait_until_healthy(
                 f"{tail(layout.log_file(service.name))}"
             )
         if time.monotonic() > deadline:
-            raise TransientError(
-                f"{service.name}: no healthy answer at {service.url} after "
-                f"{service.start_timeout:.0f} s ({reason}); last lines of "
-                f"{layout.log_file(service.name)}:\n{tail(layout.log_file(service.name))}"
+            message = (
+                f"{service.name}: no healthy answer at {service.url} after {timeout:.0f} s"
+                f" ({reason})"
             )
+            if service.local:
+                log = layout.log_file(service.name)
+                message += f"; last lines of {log}:\n{tail(log)}"
+            raise TransientError(message)
         time.sleep(_POLL_SECONDS)
         reason = healthy(service)
 
@@ -425,9 +429,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def up(settings: Settings, layout: Layout) -> list[str]:
+def up(all_services: Sequence[Service], layout: Layout) -> list[str]:
     """Start every local service and wait for all; the failures, one message each."""
-    all_services = services(settings, layout)
     local = [service for service in all_services if service.local]
     failures = [
         f"{service.name}: {why}"
@@ -443,31 +446,25 @@ def up(settings: Settings, layout: Layout) -> list[str]:
         try:
             wait_until_healthy(service, layout, processes.get(service.name))
         except TransientError as error:
-            failures.append(_external_hint(service, str(error)))
+            failures.append(str(error) if service.local else f"{error} (external server)")
             continue
         where = "local" if service.local else "external"
         print(f"{service.name:<9} ready   {service.url} ({where})")
     return failures
 
 
-def _external_hint(service: Service, message: str) -> str:
-    if service.local:
-        return message
-    return f"{message}\n(the external server named by the environment is not answering)"
-
-
-def down(settings: Settings, layout: Layout) -> None:
-    # Reverse order: Kafka first, while the others it never needed are still up.
-    for service in reversed(services(settings, layout)):
+def down(all_services: Sequence[Service], layout: Layout) -> None:
+    # Kafka first, while the others are still up.
+    for service in reversed(all_services):
         if not service.local:
             continue
         stopped = stop(service, layout)
         print(f"{service.name:<9} {'stopped' if stopped else 'not running (not started by us)'}")
 
 
-def status(settings: Settings, layout: Layout) -> bool:
+def status(all_services: Sequence[Service]) -> bool:
     ok = True
-    for service in services(settings, layout):
+    for service in all_services:
         reason = healthy(service)
         ok = ok and reason is None
         where = "local" if service.local else "external"
@@ -488,21 +485,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     settings = Settings.from_env()
     layout = with_ports(Layout(data_dir=settings.data_dir), settings)
+    all_services = services(settings, layout)
+    local = [service for service in all_services if service.local]
     if args.action == "local":
-        print(" ".join(s.name for s in services(settings, layout) if s.local))
-        return 0
-    if args.action == "prepare":
-        prepare(layout, [s for s in services(settings, layout) if s.local])
-        return 0
-    if args.action == "down":
-        down(settings, layout)
-        return 0
-    if args.action == "status":
-        return 0 if status(settings, layout) else 1
-    failures = up(settings, layout)
-    for failure in failures:
-        print(f"services-up: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+        print(" ".join(service.name for service in local))
+    elif args.action == "prepare":
+        prepare(layout, local)
+    elif args.action == "down":
+        down(all_services, layout)
+    elif args.action == "status":
+        return 0 if status(all_services) else 1
+    else:
+        failures = up(all_services, layout)
+        for failure in failures:
+            print(f"services-up: {failure}", file=sys.stderr)
+        return 1 if failures else 0
+    return 0
 
 
 if __name__ == "__main__":
