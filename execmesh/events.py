@@ -239,10 +239,30 @@ class DlqParked(Payload):
     last_error: str = Field(max_length=4096)
 
 
+class ReplayRequested(Payload):
+    """Start a replay session: which history, where to, how fast."""
+
+    TYPE = "io.execmesh.replay.requested"
+    session_id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    execution_ids: tuple[str, ...] = Field(default=(), max_length=1000)
+    types: tuple[str, ...] = Field(default=(), max_length=100)
+    exclude_types: tuple[str, ...] = Field(default=(), max_length=100)
+    since: datetime | None = None
+    until: datetime | None = None
+    user_id: UserId | None = None
+    dry_run: bool = False
+    target: str = Field(default="broker", max_length=2048)
+    speed: float | None = Field(default=None, gt=0, le=10000)
+    batch_size: int = Field(default=100, ge=1, le=1000)
+    max_count: int | None = Field(default=None, ge=1)
+    reprocess: bool = False
+
+
 class ReplaySession(Payload):
     TYPE = "io.execmesh.replay.session"
     session_id: str
     phase: Literal["started", "finished"]
+    state: str = "running"
     matched: int = Field(default=0, ge=0)
     emitted: int = Field(default=0, ge=0)
 
@@ -268,6 +288,7 @@ CATALOGUE: Mapping[str, type[Payload]] = {
         SagaCompleted,
         SagaCompensated,
         DlqParked,
+        ReplayRequested,
         ReplaySession,
     )
 }
