@@ -1,0 +1,221 @@
+"""A function built on the contract, served by the real ``functions-framework`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
+from execmesh.mesh import derive_event_id
+from execmesh.settings import Settings
+
+pytestmark = pytest.mark.services
+
+PORTS = range(19500, 19600)
+FUNCTION_SOURCE = """
+    from execmesh.events import ExecutionCancelled
+    from execmesh.mesh import Emission, cloud_event_function
+
+
+    def handle(event, ctx):
+        reason = f"echo of {event.id}"
+        execution_id = event.payload.execution_id
+        return [Emission(ExecutionCancelled(execution_id=execution_id, reason=reason))]
+
+
+    echo = cloud_event_function("echo", handle)
+"""
+
+
+@dataclass
+class Sink:
+    """A CloudEvents receiver that records what it is sent and answers ``status``."""
+
+    url: str
+    status: int = 202
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    recorder = Sink(url=f"http://127.0.0.1:{server.server_address[1]}/default")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            recorder.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(recorder.status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield recorder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def function_url(tmp_path: Path, sink: Sink) -> Iterator[str]:
+    source = tmp_path / "main.py"
+    source.write_text(textwrap.dedent(FUNCTION_SOURCE))
+    port = free_port()
+    env = {
+        **os.environ,
+        "K_SINK": sink.url,
+        "K_CE_OVERRIDES": json.dumps({"extensions": {"boundby": "sinkbinding"}}),
+        "REDIS_URL": Settings.from_env().redis_url,
+        "WORKERS": "1",
+        "THREADS": "4",
+    }
+    command = [
+        str(Path(sys.executable).parent / "functions-framework"),
+        *("--target", "echo", "--source", str(source), "--host", "127.0.0.1"),
+        *("--port", str(port)),
+    ]
+    log = (tmp_path / "function.log").open("wb")
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, tmp_path / "function.log")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        log.close()
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"functions-framework exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health/readiness", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"functions-framework not ready after 30 s: {log.read_text()[-2000:]}")
+
+
+def post_cancel_request(url: str, event_id: str) -> httpx.Response:
+    payload = ExecutionCancelRequested(execution_id="ex-ff", reason="test")
+    headers = {
+        "content-type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "/execmesh/api",
+        "ce-type": payload.TYPE,
+        "ce-subject": "ex-ff",
+        "ce-partitionkey": "ex-ff",
+    }
+    return httpx.post(url, headers=headers, content=json.dumps(payload.to_data()), timeout=10)
+
+
+def test_a_binary_event_is_answered_202_empty_and_its_emission_reaches_k_sink(
+    function_url: str, sink: Sink
+) -> None:
+    event_id = f"evt-{uuid.uuid4()}"
+
+    response = post_cancel_request(function_url, event_id)
+
+    assert response.status_code == 202
+    assert response.content == b""
+    ((headers, body),) = sink.received
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["ce-type"] == ExecutionCancelled.TYPE
+    assert headers["ce-source"] == "/execmesh/echo"
+    assert headers["ce-id"] == derive_event_id(
+        f"/execmesh/api\n{event_id}", ExecutionCancelled.TYPE
+    )
+    assert headers["ce-subject"] == "ex-ff"
+    assert headers["ce-partitionkey"] == "ex-ff"
+    assert headers["ce-boundby"] == "sinkbinding"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["reason"] == f"echo of {event_id}"
+
+
+def test_a_redelivered_event_is_acknowledged_without_emitting_again(
+    function_url: str, sink: Sink
+) -> None:
+    event_id = f"evt-{uuid.uuid4()}"
+
+    answers = [post_cancel_request(function_url, event_id).status_code for _ in range(3)]
+
+    assert answers == [202, 202, 202]
+    assert len(sink.received) == 1
+
+
+def test_a_sink_failure_is_a_503_and_the_retry_succeeds_once_the_sink_is_back(
+    function_url: str, sink: Sink
+) -> None:
+    event_id = f"evt-{uuid.uuid4()}"
+    sink.status = 503
+
+    failed = post_cancel_request(function_url, event_id)
+    sink.status = 202
+    retried = post_cancel_request(function_url, event_id)
+
+    assert failed.status_code == 503
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert retried.status_code == 202
+    first_attempt, second_attempt = (headers["ce-id"] for headers, _ in sink.received)
+    assert first_attempt == second_attempt
+
+
+def test_a_malformed_event_is_a_400_and_nothing_is_emitted(function_url: str, sink: Sink) -> None:
+    response = httpx.post(
+        function_url,
+        headers={"content-type": "application/cloudevents+json"},
+        content=b"{not a cloudevent",
+        timeout=10,
+    )
+
+    assert response.status_code == 400
+    assert sink.received == []
+
+
+def test_the_health_endpoints_answer_200(function_url: str) -> None:
+    assert httpx.get(f"{function_url}/health/liveness", timeout=5).status_code == 200
+    assert httpx.get(f"{function_url}/health/readiness", timeout=5).status_code == 200
