@@ -267,6 +267,14 @@ class ReplaySession(Payload):
     emitted: int = Field(default=0, ge=0)
 
 
+class PingTick(Payload):
+    """The PingSource's tick (``eventing/sources/ping.yaml``): the pipeline's clock."""
+
+    TYPE = "dev.knative.sources.ping"
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    tick: bool = True
+
+
 CATALOGUE: Mapping[str, type[Payload]] = {
     model.TYPE: model
     for model in (
@@ -290,6 +298,7 @@ CATALOGUE: Mapping[str, type[Payload]] = {
         DlqParked,
         ReplayRequested,
         ReplaySession,
+        PingTick,
     )
 }
 

@@ -25,11 +25,12 @@ import httpx
 import yaml
 
 from execmesh.errors import ConfigError
+from execmesh.events import PingTick
 from execmesh.settings import LocalConfig, Settings
 
 log = logging.getLogger(__name__)
 
-PING_TYPE = "dev.knative.sources.ping"
+PING_TYPE = PingTick.TYPE
 
 
 @dataclass(frozen=True)
