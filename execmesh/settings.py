@@ -37,6 +37,23 @@ class Settings:
     saga_batch_size: int = 100
     # Finished sagas (and cancels that never met an acceptance) are purged after this.
     saga_retention_seconds: float = 86400.0
+    # Admission (coordinator): concurrency limits and the cpu/memory budget of what runs.
+    max_per_user: int = 5
+    max_global: int = 10
+    cpu_budget_millis: int = 10_000
+    memory_budget_mb: int = 4096
+    # The most a request may ask for, and what it gets when it asks for nothing.
+    max_timeout_seconds: float = 300.0
+    max_memory_mb: int = 1024
+    max_cpu_millis: int = 2000
+    max_output_bytes: int = 4 * 1024 * 1024
+    max_script_bytes: int = 32 * 1024
+    default_timeout_seconds: float = 10.0
+    default_memory_mb: int = 256
+    default_cpu_millis: int = 500
+    default_output_bytes: int = 1024 * 1024
+    # A slot is leased for the execution's timeout plus this; a lost run frees it on expiry.
+    lease_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +81,32 @@ class Settings:
             ),
             pod_backend=env.get("EXECMESH_POD_BACKEND", defaults.pod_backend),
             pod_namespace=env.get("EXECMESH_POD_NAMESPACE", defaults.pod_namespace),
+            max_per_user=int(env.get("EXECMESH_MAX_PER_USER", defaults.max_per_user)),
+            max_global=int(env.get("EXECMESH_MAX_GLOBAL", defaults.max_global)),
+            cpu_budget_millis=int(
+                env.get("EXECMESH_CPU_BUDGET_MILLIS", defaults.cpu_budget_millis)
+            ),
+            memory_budget_mb=int(env.get("EXECMESH_MEMORY_BUDGET_MB", defaults.memory_budget_mb)),
+            max_timeout_seconds=float(
+                env.get("EXECMESH_MAX_TIMEOUT_SECONDS", defaults.max_timeout_seconds)
+            ),
+            max_memory_mb=int(env.get("EXECMESH_MAX_MEMORY_MB", defaults.max_memory_mb)),
+            max_cpu_millis=int(env.get("EXECMESH_MAX_CPU_MILLIS", defaults.max_cpu_millis)),
+            max_output_bytes=int(env.get("EXECMESH_MAX_OUTPUT_BYTES", defaults.max_output_bytes)),
+            max_script_bytes=int(env.get("EXECMESH_MAX_SCRIPT_BYTES", defaults.max_script_bytes)),
+            default_timeout_seconds=float(
+                env.get("EXECMESH_DEFAULT_TIMEOUT_SECONDS", defaults.default_timeout_seconds)
+            ),
+            default_memory_mb=int(
+                env.get("EXECMESH_DEFAULT_MEMORY_MB", defaults.default_memory_mb)
+            ),
+            default_cpu_millis=int(
+                env.get("EXECMESH_DEFAULT_CPU_MILLIS", defaults.default_cpu_millis)
+            ),
+            default_output_bytes=int(
+                env.get("EXECMESH_DEFAULT_OUTPUT_BYTES", defaults.default_output_bytes)
+            ),
+            lease_seconds=float(env.get("EXECMESH_LEASE_SECONDS", defaults.lease_seconds)),
         )
 
     def local_config(self) -> LocalConfig:
