@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("execmesh.node.main", "run the local node: the pod API over a sandbox"),
     "ping": ("execmesh.sources.ping", "run the local PingSource adapter"),
     "up": ("execmesh.local.up", "run the whole local mesh in the foreground"),
+    "dlq": ("execmesh.deadletters.cli", "list, show, retry or discard dead letters"),
+    "replay": ("execmesh.replay.cli", "start and steer replay sessions"),
 }
 
 
