@@ -35,6 +35,29 @@ class IncomingEvent:
     time: datetime | None = None
     extensions: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        payload: Payload,
+        *,
+        id: str,
+        source: str,
+        subject: str | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> IncomingEvent:
+        """The event carrying ``payload``, as a handler would receive it (handy in tests)."""
+        execution_id = getattr(payload, "execution_id", None)
+        subject = subject or (execution_id if isinstance(execution_id, str) else None)
+        defaults = {PARTITION_KEY: subject} if subject else {}
+        return cls(
+            id=id,
+            type=payload.TYPE,
+            source=source,
+            payload=payload,
+            subject=subject,
+            extensions={**defaults, **(extensions or {})},
+        )
+
     @property
     def partition_key(self) -> str | None:
         return self.extensions.get(PARTITION_KEY)

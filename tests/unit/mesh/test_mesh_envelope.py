@@ -7,7 +7,7 @@ import pytest
 
 from execmesh.errors import InvalidEvent
 from execmesh.events import ExecutionCancelRequested, UnknownSchemaVersion
-from execmesh.mesh.envelope import decode_event
+from execmesh.mesh.envelope import IncomingEvent, decode_event
 
 CANCEL = ExecutionCancelRequested(execution_id="ex-1", reason="changed my mind")
 
@@ -117,3 +117,15 @@ def test_an_unknown_schema_version_is_told_apart_from_other_invalid_events() -> 
 
     with pytest.raises(UnknownSchemaVersion):
         decode_event(binary_headers(), json.dumps(data).encode())
+
+
+def test_an_event_built_from_a_payload_equals_the_decoded_one() -> None:
+    built = IncomingEvent.of(CANCEL, id="evt-1", source="/execmesh/api")
+    decoded = decode_event(binary_headers(**{"ce-time": ""}), json.dumps(CANCEL.to_data()).encode())
+
+    assert (built.type, built.subject, built.extensions, built.payload) == (
+        decoded.type,
+        decoded.subject,
+        decoded.extensions,
+        decoded.payload,
+    )

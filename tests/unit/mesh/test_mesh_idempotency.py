@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -52,8 +53,10 @@ def test_an_in_memory_marker_lives_exactly_its_ttl() -> None:
         lambda store: store.ping(),
     ],
 )
-def test_an_unreachable_redis_is_a_transient_error(call: object) -> None:
+def test_an_unreachable_redis_is_a_transient_error(
+    call: Callable[[RedisIdempotencyStore], object],
+) -> None:
     store = RedisIdempotencyStore.from_url(UNREACHABLE_REDIS, timeout_seconds=0.5)
 
     with pytest.raises(TransientError):
-        call(store)  # type: ignore[operator]
+        call(store)
