@@ -97,12 +97,20 @@ later() {
         fi
         shift
         "$@"
-    ) &
+    ) >/dev/null &
 }
 
+# Copy a stream into a file of at most limit+1 bytes, then discard the rest so the program
+# runs to its own end instead of dying of SIGPIPE. The size cap is RLIMIT_FSIZE (in 512-byte
+# blocks, rounded up) on a cat, because cat writes what it reads at once: head -c buffers,
+# and what it holds would be lost when a leftover process keeps the stream open.
 capture() {
     {
-        head -c $((limit + 1)) >"$run/$1" || : >"$run/$1.failed"
+        (
+            trap '' XFSZ
+            ulimit -f $(((limit + 512) / 512))
+            exec cat
+        ) >"$run/$1" || : >"$run/$1.failed"
         cat >/dev/null
     } <"$run/$1.fifo"
 }
@@ -141,9 +149,9 @@ mkdir -p "$run" "$work" || fail scratch-unwritable
 mkfifo "$run/stdout.fifo" "$run/stderr.fifo" || fail scratch-unwritable
 cp "$config/$source" "$work/$source" || fail scratch-unwritable
 
-capture stdout &
+capture stdout >/dev/null &
 out_reader=$!
-capture stderr &
+capture stderr >/dev/null &
 err_reader=$!
 
 later "$timeout" time_out
@@ -191,6 +199,7 @@ for stream in stdout stderr; do
     size=$(wc -c <"$run/$stream")
     size=$((size))
     truncated=0
+    # The copy fails when it reaches its size cap, or when the program filled /tmp first.
     if [ "$size" -gt "$limit" ] || [ -e "$run/$stream.failed" ]; then
         truncated=1
     fi
