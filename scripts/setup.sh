@@ -22,6 +22,16 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
 
+quietly() {  # quietly NAME COMMAND...: run it, keeping its output in a log shown on failure
+  local log=$DATA/logs/setup-$1.log
+  shift
+  mkdir -p "$DATA/logs"
+  if ! "$@" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "failed: $* (full output in $log)"
+  fi
+}
+
 apt_install() {  # apt_install PACKAGE...: install the Debian packages that are missing
   local missing=()
   for package in "$@"; do
@@ -46,8 +56,7 @@ setup_python() {
   want=$(fingerprint "$ROOT/pyproject.toml")
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python dependencies into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+    quietly pip "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
     echo "$want" >"$stamp"
   fi
 }
@@ -70,7 +79,7 @@ setup_kafka() {
     say "resolving Kafka's jars with Maven into $libs"
     rm -rf "$libs"
     mkdir -p "$libs"
-    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    quietly maven mvn -B -q -f "$pom" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$libs"
     echo "$want" >"$libs/.pom-fingerprint"
   fi
@@ -85,16 +94,21 @@ setup_ferretdb() {
   say "building FerretDB $FERRETDB_VERSION into $bin"
   # `go install ...@v1.24.2` builds a binary that panics at start: the module zip lacks the
   # generated build/version/version.txt. Build a copy of the same module with that file.
-  local module src
+  local module src=$DATA/src/ferretdb
+  mkdir -p "$DATA/logs"
   module=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" \
-    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
-  src=$(mktemp -d)
-  trap 'rm -rf "$src"' RETURN
+    2>"$DATA/logs/setup-ferretdb-download.log" \
+    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin).get("Dir", ""))') \
+    || true
+  [ -d "$module" ] || die "could not download FerretDB's Go module (see $DATA/logs/setup-ferretdb-download.log)"
+  rm -rf "$src"
+  mkdir -p "$src"
   cp -r "$module/." "$src"
   chmod -R u+w "$src"
   echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
   mkdir -p "$DATA/bin"
-  (cd "$src" && go build -trimpath -o "$bin" ./cmd/ferretdb)
+  quietly ferretdb go -C "$src" build -trimpath -o "$bin" ./cmd/ferretdb
+  rm -rf "$src"
 }
 
 setup_python
