@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "triggers": ("execmesh.broker.triggers_cli", "list triggers as `kn trigger list` does"),
     "node": ("execmesh.node.main", "run the local node: the pod API over a sandbox"),
     "ping": ("execmesh.sources.ping", "run the local PingSource adapter"),
+    "pod-monitor": ("execmesh.kube.monitor", "watch executor pods and emit what became of them"),
     "up": ("execmesh.local.up", "run the whole local mesh in the foreground"),
     "dlq": ("execmesh.deadletters.cli", "list, show, retry or discard dead letters"),
     "replay": ("execmesh.replay.cli", "start and steer replay sessions"),

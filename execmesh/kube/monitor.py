@@ -10,24 +10,36 @@ deleted after its events were delivered, so a restart can repeat an event but ne
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from execmesh.errors import ExecmeshError
 from execmesh.events import Payload
-from execmesh.kube.client import API_ERRORS, REQUEST_TIMEOUT, KubeClients, status_of, translate
+from execmesh.kube.client import (
+    API_ERRORS,
+    REQUEST_TIMEOUT,
+    KubeClients,
+    build_clients,
+    status_of,
+    translate,
+)
 from execmesh.kube.mapping import PodEvent, PodState, map_pod, read_pod, with_refs
 from execmesh.mesh.sender import Emitter
+from execmesh.mongo import connect
 from execmesh.pods.manifest import EXECUTOR_SELECTOR
+from execmesh.results.outputs import MongoOutputStore, OutputStore
+from execmesh.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +52,12 @@ RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 REMEMBERED_PODS = 10_000
 
 
-class OutputStore(Protocol):
-    def __call__(self, execution_id: str, stream: str, data: bytes) -> str:
-        """Store one stream's output; return the reference the event will carry."""
-
-
 class PodMonitor:
     def __init__(
         self,
         clients: KubeClients,
         emitter: Emitter,
-        store_output: OutputStore,
+        outputs: OutputStore,
         *,
         selector: str = EXECUTOR_SELECTOR,
         watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
@@ -60,7 +67,7 @@ class PodMonitor:
         self._core = clients.core
         self._namespace = clients.namespace
         self._emitter = emitter
-        self._store_output = store_output
+        self._outputs = outputs
         self._selector = selector
         self._watch_timeout = watch_timeout_seconds
         self._resync_seconds = resync_seconds
@@ -211,7 +218,7 @@ class PodMonitor:
         if not event.spilled:
             return event.payload
         refs = {
-            stream: self._store_output(state.execution_id, stream, data)
+            stream: self._outputs.store_output(state.execution_id, stream, data)
             for stream, data in event.spilled.items()
         }
         return with_refs(event.payload, refs)
@@ -273,3 +280,41 @@ class _RecentSet:
     def __contains__(self, item: object) -> bool:
         with self._lock:
             return item in self._items
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="execmesh pod-monitor", description=__doc__)
+    parser.add_argument("--watch-timeout", type=int, default=WATCH_TIMEOUT_SECONDS)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s pod-monitor %(levelname)s %(message)s"
+    )
+    settings = Settings.from_env()
+    if not settings.k_sink:
+        log.error("K_SINK is not set: a ContainerSource is given its sink there")
+        return 2
+    outputs = MongoOutputStore(connect(settings))
+    monitor = PodMonitor(
+        build_clients(settings),
+        Emitter.from_settings(COMPONENT, settings),
+        outputs,
+        watch_timeout_seconds=args.watch_timeout,
+        workers=args.workers,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    # The watch blocks in a socket read; in its own thread it cannot delay the shutdown.
+    watcher = threading.Thread(target=monitor.run, name="pod-watch", daemon=True)
+    watcher.start()
+    log.info(
+        "watching %s pods in %s, emitting to %s",
+        EXECUTOR_SELECTOR,
+        settings.pod_namespace,
+        settings.k_sink,
+    )
+    stopping.wait()
+    log.info("stopping: finishing the pods under way")
+    monitor.close()
+    return 0
