@@ -1,0 +1,482 @@
+"""The pod lifecycle on this machine: admit, run in a sandbox, report, clean up, recover.
+
+Each pod is one asyncio task. Its status moves as a kubelet's does: Pending (waiting
+ContainerCreating, ErrImagePull/ImagePullBackOff) -> Running -> Succeeded or Failed, with
+DeadlineExceeded when activeDeadlineSeconds passes and OOMKilled when the memory cgroup's
+OOM killer struck. When a pod ends, every process in its cgroups is killed and the cgroups
+are removed; a node that restarts reports pods it was running as Failed (NodeLost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from execmesh.node import podstatus
+from execmesh.node.cgroups import PodCgroup, node_base
+from execmesh.node.output import LogSink, read_capped, tail
+from execmesh.node.podstatus import Outcome, timestamp
+from execmesh.node.sandbox import (
+    ETC_FILES,
+    USR_LOCAL_KEEP,
+    HostPaths,
+    MissingConfigMap,
+    NodeLimits,
+    SandboxSpec,
+    launch_argv,
+    launch_env,
+    sandbox_spec,
+)
+from execmesh.node.store import NotFound, Obj, Store
+
+log = logging.getLogger(__name__)
+
+POD = "pods"
+CONFIGMAP = "configmaps"
+TERMINATION_MESSAGE_BYTES = 4096
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+LOG_TRUNCATED = "execmesh.io/LogTruncated"
+
+ImageCheck = Callable[[str], str | None]  # image -> why it cannot run here, or None
+
+
+def registry_image_check(image: str) -> str | None:
+    from execmesh.pods.runtimes import UnknownRuntime, runtime_for_image
+
+    try:
+        runtime_for_image(image)
+    except UnknownRuntime as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class KubeletConfig:
+    data_dir: Path
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    max_running: int = 16
+    cgroup_name: str = "execmesh-node"
+    image_check: ImageCheck = registry_image_check
+
+
+class Deleted(Exception):
+    """The pod was deleted while the kubelet waited on it."""
+
+
+@dataclass
+class _Handle:
+    task: asyncio.Task[None]
+    deleting: asyncio.Event
+    grace_seconds: float = 0.0
+
+
+class Kubelet:
+    def __init__(self, store: Store, config: KubeletConfig) -> None:
+        self.store = store
+        self.config = config
+        self._run_root = config.data_dir / "run"
+        self._log_root = config.data_dir / "logs"
+        self._etc = config.data_dir / "etc"
+        self._cgroup_base = node_base(config.cgroup_name)
+        self._slots = asyncio.Semaphore(config.max_running)
+        self._pods: dict[str, _Handle] = {}  # uid -> running task
+        self._host = _host_layout()
+        self._stopping = False
+
+    # -- lifecycle of the node ---------------------------------------------------------
+
+    def start(self) -> None:
+        for path in (self._run_root, self._log_root, self._etc):
+            path.mkdir(parents=True, exist_ok=True)
+        _write_identity_files(self._etc)
+        self._recover()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        handles = list(self._pods.values())
+        for handle in handles:
+            handle.task.cancel()
+        await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
+
+    def _recover(self) -> None:
+        started = set()
+        for uid, run in self.store.runs():
+            started.add(uid)
+            group = PodCgroup({c: Path(p) for c, p in run["cgroups"].items()})
+            group.kill_all()
+            group.remove()
+            shutil.rmtree(run["run_dir"], ignore_errors=True)
+            self.store.drop_run(uid)
+        for pod in self.store.list_objects(POD):
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp"):
+                self._forget(pod)
+            elif podstatus.is_terminal(pod):
+                continue
+            elif meta["uid"] in started:
+                self._finish(pod, _node_lost(pod))
+            else:
+                self.admit(pod)
+
+    # -- the API's entry points ----------------------------------------------------------
+
+    def admit(self, pod: Obj) -> None:
+        uid = pod["metadata"]["uid"]
+        handle = _Handle(asyncio.get_running_loop().create_task(self._run(pod)), asyncio.Event())
+        self._pods[uid] = handle
+        handle.task.add_done_callback(lambda _: self._pods.pop(uid, None))
+
+    def delete(self, namespace: str, name: str, grace_seconds: float | None) -> Obj:
+        pod = self.store.get(POD, namespace, name)
+        handle = self._pods.get(pod["metadata"]["uid"])
+        if handle is None or podstatus.is_terminal(pod):
+            if handle is not None:
+                handle.task.cancel()
+            return self._forget(pod)
+        grace = grace_seconds
+        if grace is None:
+            grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        handle.grace_seconds = max(0.0, grace)
+        if handle.deleting.is_set():
+            return pod
+
+        def mark(obj: Obj) -> None:
+            obj["metadata"]["deletionTimestamp"] = timestamp()
+            obj["metadata"]["deletionGracePeriodSeconds"] = int(handle.grace_seconds)
+
+        pod = self.store.update(POD, namespace, name, mark)
+        handle.deleting.set()
+        return pod
+
+    def log_path(self, pod: Obj) -> Path:
+        meta = pod["metadata"]
+        return self._log_root / f"{meta['namespace']}_{meta['name']}_{meta['uid']}.log"
+
+    # -- one pod -------------------------------------------------------------------------
+
+    async def _run(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        handle = self._pods[uid]
+        started = time.monotonic()
+        deadline = pod["spec"].get("activeDeadlineSeconds")
+        expires = None if deadline is None else started + float(deadline)
+        try:
+            spec = await self._prepare(pod, expires, handle)
+            if spec is None:
+                return
+            async with self._slots:
+                if handle.deleting.is_set():
+                    raise Deleted
+                await self._execute(pod, spec, expires, handle)
+        except Deleted:
+            self._forget_if_present(meta["namespace"], meta["name"])
+        except asyncio.CancelledError:
+            if self._stopping:
+                self._finish_if_present(pod, _node_shutdown(pod))
+            raise
+        except Exception as exc:
+            log.exception("pod %s/%s failed on the node", meta["namespace"], meta["name"])
+            self._finish_if_present(pod, _node_error(pod, str(exc)))
+
+    async def _prepare(
+        self, pod: Obj, expires: float | None, handle: _Handle
+    ) -> SandboxSpec | None:
+        """Wait for the image and the ConfigMaps, as a kubelet waits to pull and mount."""
+        meta = pod["metadata"]
+        image = pod["spec"]["containers"][0].get("image", "")
+        problem = self.config.image_check(image)
+        pulls = 0
+        while True:
+            if problem is None:
+                try:
+                    return sandbox_spec(
+                        pod, self._configmaps(meta["namespace"]), self.config.limits
+                    )
+                except MissingConfigMap as exc:
+                    reason, message = "ContainerCreating", str(exc)
+            else:
+                reason = "ErrImagePull" if pulls % 2 == 0 else "ImagePullBackOff"
+                message = f'Failed to pull image "{image}": {problem}'
+                pulls += 1
+            current = self.store.find(POD, meta["namespace"], meta["name"])
+            if current is None:
+                return None
+            waiting = current["status"]["containerStatuses"][0]["state"].get("waiting", {})
+            if waiting.get("reason") != reason or waiting.get("message") != message:
+                self._set_status(current, podstatus.waiting(current, reason, message))
+            wait = 0.1 if problem is None else 1.0
+            if expires is not None and time.monotonic() + wait >= expires:
+                await self._sleep_or_delete(handle, max(0.0, expires - time.monotonic()))
+                self._finish_if_present(pod, _deadline_outcome(pod, now=timestamp()))
+                return None
+            await self._sleep_or_delete(handle, wait)
+
+    @staticmethod
+    async def _sleep_or_delete(handle: _Handle, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(handle.deleting.wait(), seconds)
+        if handle.deleting.is_set():
+            raise Deleted
+
+    def _configmaps(self, namespace: str) -> dict[str, Obj]:
+        return {cm["metadata"]["name"]: cm for cm in self.store.list_objects(CONFIGMAP, namespace)}
+
+    async def _execute(
+        self, pod: Obj, spec: SandboxSpec, expires: float | None, handle: _Handle
+    ) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        run_dir = self._run_root / uid
+        host = self._stage(spec, run_dir, uid)
+        cgroup = PodCgroup.create(
+            self._cgroup_base,
+            uid,
+            memory_bytes=spec.memory_bytes,
+            cpu_millicores=spec.cpu_millicores,
+            pids=spec.pids,
+        )
+        self.store.save_run(
+            uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
+        )
+        try:
+            outcome = await self._supervise(pod, spec, host, cgroup, expires, handle)
+            self._finish_if_present(pod, outcome)
+            if handle.deleting.is_set():
+                self._forget_if_present(meta["namespace"], meta["name"])
+        finally:
+            await asyncio.to_thread(_clean_up, cgroup, run_dir)
+            self.store.drop_run(uid)
+
+    def _stage(self, spec: SandboxSpec, run_dir: Path, uid: str) -> HostPaths:
+        files_dir = run_dir / "files"
+        for file in spec.files:
+            target = files_dir / file.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.content)
+            target.chmod(file.mode & 0o777)
+        termination = run_dir / "termination-log"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        termination.touch(0o644)
+        os.chown(termination, spec.uid, spec.gid)
+        return HostPaths(
+            files_dir=files_dir,
+            termination_file=termination,
+            etc_dir=self._etc,
+            cgroup_dirs={c: self._cgroup_base[c] / uid for c in ("memory", "pids", "cpuacct")},
+            root_links=self._host["links"],
+            etc_present=self._host["etc"],
+            usr_local_keep=self._host["usr_local"],
+        )
+
+    async def _supervise(
+        self,
+        pod: Obj,
+        spec: SandboxSpec,
+        host: HostPaths,
+        cgroup: PodCgroup,
+        expires: float | None,
+        handle: _Handle,
+    ) -> Outcome:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        sink = LogSink(self.log_path(pod), spec.log_bytes)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *launch_argv(spec, host, cgroup.procs_files),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=launch_env(spec),
+            )
+        finally:
+            os.close(write_fd)
+        drained = sink.follow(read_fd)
+        started_at = timestamp()
+        self._set_status_if_present(pod, lambda current: podstatus.running(current, started_at))
+        pod_reason, killed_by = "", None
+        exited = asyncio.ensure_future(process.wait())
+        deleting = asyncio.ensure_future(handle.deleting.wait())
+        timeout = None if expires is None else max(0.0, expires - time.monotonic())
+        try:
+            await asyncio.wait({exited, deleting}, timeout=timeout, return_when="FIRST_COMPLETED")
+            if deleting.done() and not exited.done():
+                await self._terminate(cgroup, exited, handle.grace_seconds)
+                killed_by = signal.SIGKILL if not exited.done() else None
+            elif not exited.done():
+                pod_reason, killed_by = "DeadlineExceeded", signal.SIGKILL
+            await asyncio.to_thread(cgroup.kill_all)
+            exit_code = await exited
+        finally:
+            deleting.cancel()
+            if not exited.done():
+                await asyncio.to_thread(cgroup.kill_all)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained, 2.0)
+        sink.close()
+        return self._outcome(spec, host, cgroup, sink, exit_code, started_at, pod_reason, killed_by)
+
+    @staticmethod
+    async def _terminate(cgroup: PodCgroup, exited: asyncio.Future[int], grace: float) -> None:
+        """SIGTERM the pod's own processes (not bubblewrap's root init), then SIGKILL."""
+        if grace > 0:
+            for pid in await asyncio.to_thread(cgroup.pids):
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{pid}").st_uid != 0:
+                        os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), grace)
+        await asyncio.to_thread(cgroup.kill_all)
+
+    def _outcome(
+        self,
+        spec: SandboxSpec,
+        host: HostPaths,
+        cgroup: PodCgroup,
+        sink: LogSink,
+        exit_code: int,
+        started_at: str,
+        pod_reason: str,
+        killed_by: int | None,
+    ) -> Outcome:
+        message = read_capped(host.termination_file, TERMINATION_MESSAGE_BYTES)
+        if not message and spec.fallback_to_logs and exit_code != 0:
+            message = tail(sink.path, 2048)
+        reason = ""
+        if exit_code != 0 and cgroup.oom_kills() > 0:
+            reason = "OOMKilled"
+        if killed_by is not None:
+            exit_code = 128 + killed_by
+        return Outcome(
+            exit_code=exit_code,
+            started_at=started_at,
+            finished_at=timestamp(),
+            reason=reason,
+            signal=killed_by,
+            message=message,
+            pod_reason=pod_reason,
+            pod_message=DEADLINE_MESSAGE if pod_reason == "DeadlineExceeded" else "",
+            log_truncated=sink.truncated,
+        )
+
+    # -- store writes --------------------------------------------------------------------
+
+    def _set_status(self, pod: Obj, status: Obj) -> None:
+        self._set_status_if_present(pod, lambda _: status)
+
+    def _set_status_if_present(self, pod: Obj, make: Callable[[Obj], Obj]) -> None:
+        meta = pod["metadata"]
+
+        def change(current: Obj) -> None:
+            current["status"] = make(current)
+
+        with contextlib.suppress(NotFound):
+            self.store.update(POD, meta["namespace"], meta["name"], change)
+
+    def _finish_if_present(self, pod: Obj, outcome: Outcome) -> None:
+        self._set_status_if_present(pod, lambda current: podstatus.terminated(current, outcome))
+
+    def _finish(self, pod: Obj, outcome: Outcome) -> None:
+        self._finish_if_present(pod, outcome)
+
+    def _forget_if_present(self, namespace: str, name: str) -> None:
+        pod = self.store.find(POD, namespace, name)
+        if pod is not None:
+            self._forget(pod)
+
+    def _forget(self, pod: Obj) -> Obj:
+        meta = pod["metadata"]
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path(pod).unlink()
+        return self.store.delete(POD, meta["namespace"], meta["name"])
+
+
+def _clean_up(cgroup: PodCgroup, run_dir: Path) -> None:
+    cgroup.kill_all()
+    cgroup.remove()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _deadline_outcome(pod: Obj, now: str) -> Outcome:
+    return Outcome(
+        exit_code=137,
+        started_at=pod["status"].get("startTime", now),
+        finished_at=now,
+        reason="ContainerStatusUnknown",
+        message="The container could not be located when the pod was terminated",
+        pod_reason="DeadlineExceeded",
+        pod_message=DEADLINE_MESSAGE,
+    )
+
+
+def _node_lost(pod: Obj) -> Outcome:
+    now = timestamp()
+    state = pod["status"]["containerStatuses"][0]["state"]
+    return Outcome(
+        exit_code=137,
+        started_at=(state.get("running") or {}).get("startedAt", now),
+        finished_at=now,
+        reason="ContainerStatusUnknown",
+        message="The container could not be located when the pod was terminated",
+        pod_reason="NodeLost",
+        pod_message="the local node restarted while the pod was running",
+    )
+
+
+def _node_shutdown(pod: Obj) -> Outcome:
+    lost = _node_lost(pod)
+    return Outcome(
+        exit_code=137,
+        started_at=lost.started_at,
+        finished_at=lost.finished_at,
+        reason="ContainerStatusUnknown",
+        message=lost.message,
+        pod_reason="Terminated",
+        pod_message="Pod was terminated in response to the local node shutting down.",
+    )
+
+
+def _node_error(pod: Obj, detail: str) -> Outcome:
+    now = timestamp()
+    return Outcome(
+        exit_code=128,
+        started_at=now,
+        finished_at=now,
+        reason="StartError",
+        message=detail[:TERMINATION_MESSAGE_BYTES],
+        pod_reason="NodeError",
+        pod_message=f"the local node could not run the pod: {detail}"[:1024],
+    )
+
+
+def _host_layout() -> dict[str, Any]:
+    links = {}
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            links[f"/{name}"] = os.readlink(path)
+    return {
+        "links": links,
+        "etc": tuple(name for name in ETC_FILES if os.path.exists(f"/etc/{name}")),
+        "usr_local": tuple(n for n in USR_LOCAL_KEEP if os.path.isdir(f"/usr/local/{n}")),
+    }
+
+
+def _write_identity_files(etc: Path) -> None:
+    """A passwd and group naming only root, nobody and the sandbox user: not the host's."""
+    (etc / "passwd").write_text(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        "nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    (etc / "group").write_text("root:x:0:\nnonroot:x:65532:\nnogroup:x:65534:\n")
+    for name in ("passwd", "group"):
+        (etc / name).chmod(0o644)

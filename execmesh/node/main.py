@@ -1,0 +1,78 @@
+"""``execmesh node``: serve the pod API on 127.0.0.1 and run pods in sandboxes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from execmesh.node.api import NodeApi, build_app
+from execmesh.node.kubelet import Kubelet, KubeletConfig
+from execmesh.node.sandbox import NodeLimits
+from execmesh.node.store import Store
+from execmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str], settings: Settings) -> argparse.Namespace:
+    local = settings.local_config()
+    parser = argparse.ArgumentParser(prog="execmesh node", description=__doc__)
+    parser.add_argument("--host", default=local.host)
+    parser.add_argument("--port", type=int, default=local.node_port)
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir / "node")
+    parser.add_argument("--max-running", type=int, default=16, help="pods run at once")
+    parser.add_argument("--log-bytes", type=int, default=NodeLimits.log_bytes)
+    parser.add_argument("--pids", type=int, default=NodeLimits.pids)
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(list(argv))
+
+
+def create_app(args: argparse.Namespace) -> Starlette:
+    data_dir: Path = args.data_dir.resolve()
+    config = KubeletConfig(
+        data_dir=data_dir,
+        limits=NodeLimits(pids=args.pids, log_bytes=args.log_bytes),
+        max_running=args.max_running,
+        # One node per data dir, so two nodes on one machine never share cgroups.
+        cgroup_name="execmesh-node-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:10],
+    )
+    store = Store(data_dir / "objects.sqlite3")
+    kubelet = Kubelet(store, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        from execmesh.pods.runtimes import available
+
+        log.info("local runtimes: %s", ", ".join(r.image for r in available("local")))
+        kubelet.start()
+        try:
+            yield
+        finally:
+            await kubelet.stop()
+            store.close()
+
+    return build_app(NodeApi(store, kubelet), lifespan)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv, Settings.from_env())
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(args)
+    log.info("execmesh node on http://%s:%d, data in %s", args.host, args.port, args.data_dir)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,308 @@
+"""What a pod's sandbox is: pure functions from a pod and its ConfigMaps to a bubblewrap argv.
+
+The host's /usr (with the interpreters) stands in for the container image, read-only. The
+pod sees nothing else of the host: no /root, /home, /work, no /etc beyond the few files
+libraries need, no /sys but its own cgroup, and no network but loopback. It runs as a
+non-root uid with no capabilities and no_new_privs; bubblewrap (root) builds the
+namespaces and mounts, then setpriv drops every privilege before the program starts.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from execmesh.errors import PermanentError
+
+Obj = dict[str, Any]
+MiB = 1024 * 1024
+
+DEFAULT_UID = 65532
+DEFAULT_PATH = "/usr/local/go/bin:/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"
+PIDS_ANNOTATION = "execmesh.io/pids-limit"
+# /etc files that the C library, interpreters and TLS-less programs need; nothing secret.
+ETC_FILES = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "nsswitch.conf",
+    "host.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "timezone",
+)
+# Of /usr/local only the toolchains are part of the "image"; the rest is this host's.
+USR_LOCAL_KEEP = ("go",)
+
+
+class PodRejected(PermanentError):
+    """A pod the local node will not run (it would be refused at admission)."""
+
+
+class MissingConfigMap(PermanentError):
+    """A pod's ConfigMap volume names a ConfigMap that does not exist (yet)."""
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """What the node applies when the pod does not say."""
+
+    pids: int = 256
+    nofile: int = 1024
+    tmp_bytes: int = 64 * MiB
+    log_bytes: int = 10 * MiB  # kubelet's default containerLogMaxSize
+    max_file_bytes: int = 256 * MiB
+
+
+@dataclass(frozen=True)
+class FileMount:
+    path: str  # inside the sandbox
+    content: bytes
+    mode: int
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    workdir: str
+    hostname: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    memory_bytes: int | None
+    cpu_millicores: int | None
+    pids: int
+    nofile: int
+    file_bytes: int
+    log_bytes: int
+    deadline_seconds: int | None
+    termination_path: str
+    fallback_to_logs: bool
+    tmpfs: tuple[TmpfsMount, ...] = ()
+    files: tuple[FileMount, ...] = field(default=())
+
+
+def _quantity(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(parse_quantity(str(value)))  # type: ignore[no-untyped-call]
+
+
+def _security(pod: Obj, container: Obj, key: str) -> Any:
+    container_ctx = container.get("securityContext") or {}
+    pod_ctx = pod["spec"].get("securityContext") or {}
+    return container_ctx.get(key, pod_ctx.get(key))
+
+
+def validate(pod: Obj) -> None:
+    """Refuse at admission what the node cannot run safely or faithfully."""
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    if len(containers) != 1 or spec.get("initContainers") or spec.get("ephemeralContainers"):
+        raise PodRejected("the local node runs pods of exactly one container")
+    container = containers[0]
+    if not container.get("command") and not container.get("args"):
+        raise PodRejected("the container needs a command: images have no entry point here")
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            raise PodRejected(f"{flag} is not allowed")
+    if _security(pod, container, "privileged"):
+        raise PodRejected("privileged containers are not allowed")
+    if _security(pod, container, "runAsUser") == 0:
+        raise PodRejected("containers may not run as root (runAsUser 0)")
+    for name in ("cpu", "memory", "ephemeral-storage"):
+        try:
+            _quantity(((container.get("resources") or {}).get("limits") or {}).get(name))
+        except (ValueError, ArithmeticError) as exc:
+            raise PodRejected(f"invalid {name} limit: {exc}") from None
+
+
+def sandbox_spec(pod: Obj, configmaps: Mapping[str, Obj], node: NodeLimits) -> SandboxSpec:
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    uid = int(_security(pod, container, "runAsUser") or DEFAULT_UID)
+    gid = int(_security(pod, container, "runAsGroup") or uid)
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    limits = (container.get("resources") or {}).get("limits") or {}
+    memory = _quantity(limits.get("memory"))
+    cpu = _quantity(limits.get("cpu"))
+    storage = _quantity(limits.get("ephemeral-storage"))
+    tmpfs, files = _volumes(pod, configmaps, node, storage)
+    annotations = pod["metadata"].get("annotations") or {}
+    pids = int(annotations.get(PIDS_ANNOTATION) or node.pids)
+    deadline = spec.get("activeDeadlineSeconds")
+    largest_tmpfs = max((mount.size_bytes for mount in tmpfs), default=MiB)
+    return SandboxSpec(
+        argv=tuple(
+            str(a) for a in (container.get("command") or []) + (container.get("args") or [])
+        ),
+        env=_environment(container, pod),
+        workdir=container.get("workingDir") or "/",
+        hostname=pod["metadata"]["name"][:63],
+        uid=uid,
+        gid=gid,
+        groups=(int(fs_group),) if fs_group is not None else (),
+        memory_bytes=None if memory is None else int(memory),
+        cpu_millicores=None if cpu is None else max(1, math.ceil(cpu * 1000)),
+        pids=max(8, min(pids, 32768)),
+        nofile=node.nofile,
+        file_bytes=min(largest_tmpfs, node.max_file_bytes),
+        log_bytes=node.log_bytes if storage is None else min(node.log_bytes, int(storage)),
+        deadline_seconds=None if deadline is None else int(deadline),
+        termination_path=container.get("terminationMessagePath") or "/dev/termination-log",
+        fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+        tmpfs=tmpfs,
+        files=files,
+    )
+
+
+def _environment(container: Obj, pod: Obj) -> tuple[tuple[str, str], ...]:
+    env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "HOSTNAME": pod["metadata"]["name"]}
+    for var in container.get("env") or []:
+        if "value" in var or "valueFrom" not in var:
+            env[var["name"]] = str(var.get("value", ""))
+    return tuple(env.items())
+
+
+def _volumes(
+    pod: Obj, configmaps: Mapping[str, Obj], node: NodeLimits, storage: float | None
+) -> tuple[tuple[TmpfsMount, ...], tuple[FileMount, ...]]:
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    default_tmp = node.tmp_bytes if storage is None else min(node.tmp_bytes, int(storage))
+    tmpfs: list[TmpfsMount] = []
+    files: list[FileMount] = []
+    mounts = pod["spec"]["containers"][0].get("volumeMounts") or []
+    for mount in mounts:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise PodRejected(f"volumeMount {mount['name']!r} names no volume of the pod")
+        path = posixpath.normpath(mount["mountPath"])
+        if "emptyDir" in volume:
+            size = _quantity((volume["emptyDir"] or {}).get("sizeLimit"))
+            tmpfs.append(TmpfsMount(path, int(size) if size else default_tmp))
+        elif "configMap" in volume:
+            files += _configmap_files(volume["configMap"], configmaps, path, mount.get("subPath"))
+        else:
+            raise PodRejected(f"volume {volume['name']!r}: only emptyDir and configMap exist here")
+    if not any(m.path == "/tmp" for m in tmpfs):
+        tmpfs.append(TmpfsMount("/tmp", default_tmp))
+    return tuple(tmpfs), tuple(files)
+
+
+def _configmap_files(
+    source: Obj, configmaps: Mapping[str, Obj], mount_path: str, sub_path: str | None
+) -> list[FileMount]:
+    configmap = configmaps.get(source["name"])
+    if configmap is None:
+        if source.get("optional"):
+            return []
+        raise MissingConfigMap(f'configmap "{source["name"]}" not found')
+    data: dict[str, bytes] = {k: v.encode() for k, v in (configmap.get("data") or {}).items()}
+    default_mode = int(source.get("defaultMode", 0o644))
+    items = source.get("items") or [{"key": key, "path": key} for key in sorted(data)]
+    found = []
+    for item in items:
+        if item["key"] not in data:
+            raise PodRejected(f'configmap "{source["name"]}" has no key {item["key"]!r}')
+        relative = posixpath.normpath(item["path"])
+        if relative.startswith(("/", "..")):
+            raise PodRejected(f"configmap item path {item['path']!r} leaves its volume")
+        if sub_path is not None and relative != posixpath.normpath(sub_path):
+            continue
+        target = mount_path if sub_path is not None else posixpath.join(mount_path, relative)
+        found.append(FileMount(target, data[item["key"]], int(item.get("mode", default_mode))))
+    return found
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the node keeps one pod's files on the host, and the host's layout."""
+
+    files_dir: Path  # holds the staged configmap files, by their in-sandbox path
+    termination_file: Path
+    etc_dir: Path  # the node's generated passwd and group
+    cgroup_dirs: Mapping[str, Path]  # controller -> the pod's cgroup directory
+    root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
+    etc_present: tuple[str, ...]
+    usr_local_keep: tuple[str, ...]
+
+
+def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list[str]:
+    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net"]
+    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--hostname", spec.hostname]
+    argv += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
+    for name in host.usr_local_keep:
+        argv += ["--ro-bind", f"/usr/local/{name}", f"/usr/local/{name}"]
+    argv += ["--remount-ro", "/usr/local"]
+    for path, target in host.root_links.items():
+        argv += ["--symlink", target, path]
+    argv += ["--dir", "/etc"]
+    for name in host.etc_present:
+        argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for name in ("passwd", "group"):
+        argv += ["--ro-bind", str(host.etc_dir / name), f"/etc/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for controller, directory in host.cgroup_dirs.items():
+        argv += ["--ro-bind", str(directory), f"/sys/fs/cgroup/{controller}"]
+    for mount in spec.tmpfs:
+        argv += ["--perms", "1777", "--size", str(mount.size_bytes), "--tmpfs", mount.path]
+    for file in spec.files:
+        argv += ["--ro-bind", str(host.files_dir / file.path.lstrip("/")), file.path]
+    argv += ["--bind", str(host.termination_file), spec.termination_path]
+    argv += ["--remount-ro", "/", "--chdir", spec.workdir, "--clearenv"]
+    for name, value in spec.env:
+        argv += ["--setenv", name, value]
+    return [*argv, "--", *setpriv_argv(spec), *spec.argv]
+
+
+def setpriv_argv(spec: SandboxSpec) -> list[str]:
+    groups = ["--groups", ",".join(map(str, spec.groups))] if spec.groups else ["--clear-groups"]
+    return [
+        "/usr/bin/setpriv",
+        "--reuid",
+        str(spec.uid),
+        "--regid",
+        str(spec.gid),
+        *groups,
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+# The wrapper joins the pod's cgroups and sets rlimits in the process that then becomes
+# bubblewrap, so that nothing of the pod ever runs outside its cgroups.
+WRAPPER = (
+    'for f do [ "$f" = -- ] && break; echo $$ >"$f" || exit 125; shift; done; shift; '
+    'ulimit -c 0; ulimit -n "$NOFILE"; ulimit -f "$FSIZE_BLOCKS"; exec "$@"'
+)
+
+
+def launch_argv(spec: SandboxSpec, host: HostPaths, procs_files: Sequence[Path]) -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--", *bwrap_argv(spec, host)]
+
+
+def launch_env(spec: SandboxSpec) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "NOFILE": str(spec.nofile),
+        "FSIZE_BLOCKS": str(max(1, spec.file_bytes // 512)),
+    }
