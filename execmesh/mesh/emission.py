@@ -31,7 +31,7 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 class Emission:
     """An event a handler asks to emit; the contract fills in id, source and time.
 
-    ``discriminator`` tells apart two emissions of the same type caused by one input event.
+    ``discriminator`` tells apart two emissions of one type and subject caused by one event.
     ``subject`` defaults to the payload's execution id, else to the input event's subject.
     """
 
@@ -56,22 +56,40 @@ class OutgoingEvent:
         return self.extensions.get(PARTITION_KEY)
 
 
-def derive_event_id(cause: str, ce_type: str, discriminator: str = "") -> str:
-    """The id of an event caused by ``cause``: the same inputs always give the same id."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, "\n".join((cause, ce_type, discriminator))))
+def derive_event_id(
+    cause: str, ce_type: str, *, subject: str | None = None, discriminator: str = ""
+) -> str:
+    """The id of an event caused by ``cause``: the same inputs always give the same id.
+
+    The subject takes part so that one cause (a tick, say) emitting the same type for many
+    executions gives each its own id without a discriminator.
+    """
+    name = "\n".join((cause, ce_type, subject or "", discriminator))
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
 
 
 def build_event(
     payload: Payload,
     *,
-    id: str,
     component: str,
     time: datetime,
+    cause: str | None = None,
+    discriminator: str = "",
+    id: str | None = None,
     subject: str | None = None,
     extensions: Mapping[str, str] | None = None,
 ) -> OutgoingEvent:
-    """An execmesh event; ``subject`` and ``partitionkey`` default to the execution id."""
+    """An execmesh event; ``subject`` and ``partitionkey`` default to the execution id.
+
+    The id is ``id`` if given, else derived from ``cause`` if given, else random.
+    """
     subject = subject or _execution_id(payload)
+    if id is None:
+        id = (
+            derive_event_id(cause, payload.TYPE, subject=subject, discriminator=discriminator)
+            if cause is not None
+            else str(uuid.uuid4())
+        )
     all_extensions = {PARTITION_KEY: subject} if subject else {}
     all_extensions.update(extensions or {})
     check_extension_names(all_extensions)
@@ -93,9 +111,10 @@ def event_from_emission(
     inherited = {REPLAY_SESSION: cause.replay_session} if cause.replay_session else {}
     return build_event(
         emission.payload,
-        id=derive_event_id(cause.key, emission.payload.TYPE, emission.discriminator),
         component=component,
         time=time,
+        cause=cause.key,
+        discriminator=emission.discriminator,
         subject=emission.subject or _execution_id(emission.payload) or cause.subject,
         extensions={**inherited, **emission.extensions},
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -18,7 +17,6 @@ from execmesh.mesh.emission import (
     OutgoingEvent,
     apply_overrides,
     build_event,
-    derive_event_id,
     parse_ce_overrides,
     to_binary_http,
 )
@@ -148,14 +146,12 @@ class Emitter:
         subject: str | None = None,
         extensions: Mapping[str, str] | None = None,
     ) -> OutgoingEvent:
-        event_id = (
-            derive_event_id(cause, payload.TYPE, discriminator) if cause else str(uuid.uuid4())
-        )
         event = build_event(
             payload,
-            id=event_id,
             component=self.component,
             time=datetime.now(UTC),
+            cause=cause,
+            discriminator=discriminator,
             subject=subject,
             extensions=extensions,
         )

@@ -175,7 +175,7 @@ def test_a_binary_event_is_answered_202_empty_and_its_emission_reaches_k_sink(
     assert headers["ce-type"] == ExecutionCancelled.TYPE
     assert headers["ce-source"] == "/execmesh/echo"
     assert headers["ce-id"] == derive_event_id(
-        f"/execmesh/api\n{event_id}", ExecutionCancelled.TYPE
+        f"/execmesh/api\n{event_id}", ExecutionCancelled.TYPE, subject="ex-ff"
     )
     assert headers["ce-subject"] == "ex-ff"
     assert headers["ce-partitionkey"] == "ex-ff"

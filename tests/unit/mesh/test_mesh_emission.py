@@ -41,15 +41,44 @@ def incoming(**extensions: str) -> IncomingEvent:
     )
 
 
-def test_derived_ids_are_the_same_for_the_same_cause_type_and_discriminator() -> None:
-    assert derive_event_id("a", "t", "d") == derive_event_id("a", "t", "d")
+def test_derived_ids_are_the_same_for_the_same_inputs() -> None:
+    assert derive_event_id("a", "t", subject="s", discriminator="d") == derive_event_id(
+        "a", "t", subject="s", discriminator="d"
+    )
 
 
 @pytest.mark.parametrize(
-    "other", [("b", "t", ""), ("a", "u", ""), ("a", "t", "x"), ("a\nt", "", "")]
+    ("cause", "ce_type", "subject", "discriminator"),
+    [
+        ("b", "t", "s", ""),
+        ("a", "u", "s", ""),
+        ("a", "t", "other", ""),
+        ("a", "t", None, ""),
+        ("a", "t", "s", "x"),
+        ("a\nt", "s", None, ""),
+    ],
 )
-def test_derived_ids_differ_when_anything_differs(other: tuple[str, str, str]) -> None:
-    assert derive_event_id("a", "t", "") != derive_event_id(*other)
+def test_derived_ids_differ_when_anything_differs(
+    cause: str, ce_type: str, subject: str | None, discriminator: str
+) -> None:
+    assert derive_event_id("a", "t", subject="s") != derive_event_id(
+        cause, ce_type, subject=subject, discriminator=discriminator
+    )
+
+
+def test_one_cause_emitting_one_type_for_many_executions_gives_distinct_ids() -> None:
+    cause = incoming()
+    events = [
+        event_from_emission(
+            Emission(ExecutionCancelled(execution_id=f"ex-{n}", reason="tick")),
+            cause,
+            component="coordinator",
+            time=NOW,
+        )
+        for n in range(3)
+    ]
+
+    assert len({event.id for event in events}) == 3
 
 
 def test_an_emitted_event_carries_the_execution_id_as_subject_and_partition_key() -> None:
@@ -60,7 +89,7 @@ def test_an_emitted_event_carries_the_execution_id_as_subject_and_partition_key(
     assert event.subject == "ex-1"
     assert event.partition_key == "ex-1"
     assert event.data == CANCELLED.to_data()
-    assert event.id == derive_event_id("/execmesh/api\nevt-1", CANCELLED.TYPE)
+    assert event.id == derive_event_id("/execmesh/api\nevt-1", CANCELLED.TYPE, subject="ex-1")
 
 
 def test_an_emission_without_execution_id_takes_the_subject_of_its_cause() -> None:
@@ -157,3 +186,13 @@ def test_an_encoded_event_decodes_back_to_the_same_event() -> None:
     )
     assert decoded.payload == CANCELLED
     assert decoded.extensions == event.extensions
+
+
+def test_a_built_event_takes_its_id_from_the_id_then_the_cause_then_chance() -> None:
+    given = build_event(CANCELLED, id="given", cause="c", component="saga", time=NOW)
+    caused = build_event(CANCELLED, cause="c", component="saga", time=NOW)
+    random_ids = {build_event(CANCELLED, component="saga", time=NOW).id for _ in range(2)}
+
+    assert given.id == "given"
+    assert caused.id == derive_event_id("c", CANCELLED.TYPE, subject="ex-1")
+    assert len(random_ids) == 2

@@ -155,7 +155,9 @@ def test_emissions_from_ctx_emit_and_from_the_return_value_are_both_sent(mesh: M
     cancelled = mesh.sender.sent[1]
     assert cancelled.source == "/execmesh/echo"
     assert (cancelled.subject, cancelled.partition_key) == ("ex-1", "ex-1")
-    assert cancelled.id == derive_event_id("/execmesh/api\nevt-1", ExecutionCancelled.TYPE)
+    assert cancelled.id == derive_event_id(
+        "/execmesh/api\nevt-1", ExecutionCancelled.TYPE, subject="ex-1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -223,8 +225,8 @@ def test_a_failed_emission_is_503_and_the_redelivery_runs_again_with_the_same_id
     assert second.status_code == 202
     assert len(mesh.handler.calls) == 2
     assert [e.id for e in mesh.sender.sent] == [
-        derive_event_id("/execmesh/api\nevt-1", PodDeleteRequested.TYPE),
-        derive_event_id("/execmesh/api\nevt-1", ExecutionCancelled.TYPE),
+        derive_event_id("/execmesh/api\nevt-1", PodDeleteRequested.TYPE, subject="ex-1"),
+        derive_event_id("/execmesh/api\nevt-1", ExecutionCancelled.TYPE, subject="ex-1"),
     ]
 
 

@@ -91,7 +91,8 @@ def test_an_emitter_gives_the_same_id_for_the_same_cause() -> None:
     first = emitter.emit(CANCELLED, cause="pod/uid-1/cancelled")
     second = emitter.emit(CANCELLED, cause="pod/uid-1/cancelled")
 
-    assert first.id == second.id == derive_event_id("pod/uid-1/cancelled", CANCELLED.TYPE)
+    expected = derive_event_id("pod/uid-1/cancelled", CANCELLED.TYPE, subject="ex-1")
+    assert first.id == second.id == expected
     assert first.source == "/execmesh/pod_monitor"
     assert len(sender.sent) == 2
 
