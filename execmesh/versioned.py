@@ -1,0 +1,115 @@
+"""Documents saved with compare-and-set, correct on MongoDB and on FerretDB 1.x alike.
+
+The usual optimistic lock, ``find_one_and_update({_id, version: v}, {$set: {version: v + 1}})``,
+is atomic on MongoDB but not on FerretDB 1.x with SQLite: it queries, then writes by ``_id``
+outside one transaction (FerretDB issue #3040), so two writers that read the same version
+both "win" and one update is lost (``tests/integration/saga`` shows it). The one check every
+backend does atomically is the uniqueness of ``_id`` on insert. So each version is an
+immutable document ``<key>#<version>`` in ``<name>.versions``: whoever inserts version v + 1
+first owns it, the other gets ``DuplicateKeyError`` and retries.
+
+``<name>`` itself holds one head document per key, a copy of the latest version that queries
+(deadlines, status) can use. A head may lag behind its versions (a writer that died between
+the two writes); ``get`` reads forward from the head and repairs it, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from execmesh.errors import TransientError
+
+Document = dict[str, Any]
+
+VERSION = "version"
+KEY = "key"
+
+
+class VersionConflict(Exception):
+    """The document changed since it was read; read it again and retry."""
+
+
+class VersionedCollection:
+    def __init__(self, database: Database[Document], name: str) -> None:
+        self.name = name
+        self.heads = database[name]
+        self.versions = database[f"{name}.versions"]
+
+    def ensure_indexes(self) -> None:
+        self.versions.create_index([(KEY, ASCENDING)])
+
+    def get(self, key: str) -> Document | None:
+        """The latest version of ``key`` (with its ``version``), or None."""
+        try:
+            head = self.heads.find_one({"_id": key})
+            latest = head
+            version = 0 if head is None else int(head[VERSION])
+            while (
+                newer := self.versions.find_one({"_id": _version_id(key, version + 1)})
+            ) is not None:
+                latest, version = newer, version + 1
+            if latest is not head and latest is not None:
+                self._advance_head(key, latest)
+        except PyMongoError as error:
+            raise TransientError(f"reading {self.name} {key}: {error}") from error
+        if latest is None:
+            return None
+        return {**latest, "_id": key}
+
+    def save(self, key: str, document: Mapping[str, Any], read_version: int) -> int:
+        """Store ``document`` as the version after ``read_version``; returns the new version.
+
+        ``VersionConflict`` if another writer stored that version first.
+        """
+        version = read_version + 1
+        stored = {**document, "_id": _version_id(key, version), KEY: key, VERSION: version}
+        try:
+            self.versions.insert_one(stored)
+        except DuplicateKeyError:
+            raise VersionConflict(f"{self.name} {key} version {version}") from None
+        except PyMongoError as error:
+            raise TransientError(f"saving {self.name} {key}: {error}") from error
+        try:
+            self._advance_head(key, stored)
+        except PyMongoError as error:
+            # The version is saved; the head catches up on the next read of this key.
+            raise TransientError(f"saving {self.name} {key} head: {error}") from error
+        return version
+
+    def find_heads(
+        self, query: Mapping[str, Any], sort: list[tuple[str, int]], limit: int
+    ) -> list[Document]:
+        """Heads matching ``query``; they may lag, so act only on what ``get`` returns."""
+        try:
+            return list(self.heads.find(dict(query)).sort(sort).limit(limit))
+        except PyMongoError as error:
+            raise TransientError(f"querying {self.name}: {error}") from error
+
+    def delete(self, keys: Iterable[str]) -> int:
+        keys = list(keys)
+        if not keys:
+            return 0
+        try:
+            # Versions first: a head without versions still reads correctly, not the reverse.
+            self.versions.delete_many({KEY: {"$in": keys}})
+            return self.heads.delete_many({"_id": {"$in": keys}}).deleted_count
+        except PyMongoError as error:
+            raise TransientError(f"deleting from {self.name}: {error}") from error
+
+    def _advance_head(self, key: str, latest: Mapping[str, Any]) -> None:
+        head = {name: value for name, value in latest.items() if name not in ("_id", KEY)}
+        # Never moves a head backwards on MongoDB; on FerretDB a racing writer can, which only
+        # makes the head lag (see the module docstring). A duplicate key means the head is
+        # already at this version or later.
+        with contextlib.suppress(DuplicateKeyError):
+            self.heads.replace_one({"_id": key, VERSION: {"$lt": head[VERSION]}}, head, upsert=True)
+
+
+def _version_id(key: str, version: int) -> str:
+    return f"{key}#{version}"
