@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +40,7 @@ FUNCTION_SOURCE = """
 
 
     echo = cloud_event_function("echo", handle)
+    served_as_handle = echo
 """
 
 
@@ -62,8 +64,8 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {PORTS}")
 
 
-@pytest.fixture
-def sink() -> Iterator[Sink]:
+@pytest.fixture(scope="module")
+def module_sink() -> Iterator[Sink]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     recorder = Sink(url=f"http://127.0.0.1:{server.server_address[1]}/default")
 
@@ -92,7 +94,21 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def function_url(tmp_path: Path, sink: Sink) -> Iterator[str]:
+def sink(module_sink: Sink) -> Sink:
+    module_sink.status = 202
+    module_sink.received.clear()
+    return module_sink
+
+
+@pytest.fixture(scope="module")
+def function_url(tmp_path_factory: pytest.TempPathFactory, module_sink: Sink) -> Iterator[str]:
+    # One server for the module: every test uses fresh event ids, and the sink is reset.
+    with served_function("echo", tmp_path_factory.mktemp("echo"), module_sink) as url:
+        yield url
+
+
+@contextmanager
+def served_function(target: str, tmp_path: Path, sink: Sink) -> Iterator[str]:
     source = tmp_path / "main.py"
     source.write_text(textwrap.dedent(FUNCTION_SOURCE))
     port = free_port()
@@ -106,7 +122,7 @@ def function_url(tmp_path: Path, sink: Sink) -> Iterator[str]:
     }
     command = [
         str(Path(sys.executable).parent / "functions-framework"),
-        *("--target", "echo", "--source", str(source), "--host", "127.0.0.1"),
+        *("--target", target, "--source", str(source), "--host", "127.0.0.1"),
         *("--port", str(port)),
     ]
     log = (tmp_path / "function.log").open("wb")
@@ -246,3 +262,13 @@ def test_a_stream_of_events_is_each_answered_202_and_emitted_once(
     print(f"\nfunctions-framework, {count} events one by one: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     assert len(sink.received) == count
     assert len({headers["ce-id"] for headers, _ in sink.received}) == count
+
+
+def test_a_target_named_apart_from_the_component_is_served_the_same_way(
+    tmp_path: Path, sink: Sink
+) -> None:
+    with served_function("served_as_handle", tmp_path, sink) as url:
+        response = post_cancel_request(url, f"evt-{uuid.uuid4()}")
+
+    assert (response.status_code, response.content) == (202, b"")
+    assert len(sink.received) == 1
