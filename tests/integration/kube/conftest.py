@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from kube_harness import sink
+
+__all__ = ["sink"]

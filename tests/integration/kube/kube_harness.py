@@ -1,0 +1,192 @@
+"""A real local node and a recording CloudEvents sink, for the kube tests.
+
+Ports come from this suite's range (19900-19999): the node of each test module gets its own.
+The module name is unique so that test modules can import it by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from execmesh.events import ExecutionSpec, Limits, PodCreateRequested
+from execmesh.kube.client import KubeClients, clients_for_url
+from execmesh.settings import PROJECT_ROOT
+
+NAMESPACE = "execmesh"
+
+needs_sandbox = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("bwrap") is None,
+    reason="the local node needs root and bubblewrap",
+)
+
+
+@dataclass
+class Node:
+    port: int
+    data_dir: Path
+    watch_history: int = 200
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.data_dir.parent / f"node-{self.port}.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "execmesh.cli", "node", "--port", str(self.port)),
+                *("--data-dir", str(self.data_dir), "--watch-history", str(self.watch_history)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+        )
+        wait_until(self._healthy, 20, "the node did not answer /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, "the node exited"
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def clients(self) -> KubeClients:
+        return clients_for_url(self.url, NAMESPACE)
+
+
+def start_node(
+    port: int, tmp_path_factory: pytest.TempPathFactory, watch_history: int = 200
+) -> Iterator[Node]:
+    node = Node(port, tmp_path_factory.mktemp(f"node-{port}") / "data", watch_history)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@dataclass(frozen=True)
+class Received:
+    id: str
+    type: str
+    source: str
+    subject: str | None
+    data: dict[str, Any]
+
+
+@dataclass
+class Sink:
+    """A CloudEvents receiver that records what it accepts; ``refuse`` answers 503 instead."""
+
+    url: str = ""
+    events: list[Received] = field(default_factory=list)
+    refuse: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def receive(self, headers: dict[str, str], body: bytes) -> int:
+        if self.refuse:
+            return 503
+        event = Received(
+            id=headers["ce-id"],
+            type=headers["ce-type"],
+            source=headers["ce-source"],
+            subject=headers.get("ce-subject"),
+            data=json.loads(body),
+        )
+        with self.lock:
+            self.events.append(event)
+        return 202
+
+    def of(self, execution_id: str) -> list[Received]:
+        with self.lock:
+            return [e for e in self.events if e.data.get("execution_id") == execution_id]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    recorded = Sink()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            self.send_response(recorded.receive(headers, body))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    recorded.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield recorded
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def a_request(
+    script: str,
+    *,
+    language: str = "python",
+    version: str = "latest",
+    timeout: float = 10,
+    memory_mb: int = 128,
+    output_bytes: int = 1024 * 1024,
+    stdin: str | None = None,
+    execution_id: str | None = None,
+) -> PodCreateRequested:
+    return PodCreateRequested(
+        execution_id=execution_id or unique("k"),
+        spec=ExecutionSpec(language=language, version=version, script=script, stdin=stdin),
+        limits=Limits(
+            timeout_seconds=timeout,
+            memory_mb=memory_mb,
+            cpu_millis=1000,
+            output_bytes=output_bytes,
+        ),
+    )
