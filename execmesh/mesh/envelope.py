@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 
 from execmesh.errors import InvalidEvent
 from execmesh.events import Payload, parse_payload
+
+P = TypeVar("P", bound=Payload)
 
 CORE_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
@@ -57,6 +60,12 @@ class IncomingEvent:
             subject=subject,
             extensions={**defaults, **(extensions or {})},
         )
+
+    def payload_as(self, model: builtins.type[P]) -> P:
+        """The payload as ``model``; ``InvalidEvent`` (a 400) if a trigger sent another type."""
+        if not isinstance(self.payload, model):
+            raise InvalidEvent(f"expected {model.TYPE}, got {self.type}")
+        return self.payload
 
     @property
     def partition_key(self) -> str | None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from execmesh.errors import InvalidEvent
-from execmesh.events import ExecutionCancelRequested, UnknownSchemaVersion
+from execmesh.events import ExecutionCancelled, ExecutionCancelRequested, UnknownSchemaVersion
 from execmesh.mesh.envelope import IncomingEvent, decode_event
 
 CANCEL = ExecutionCancelRequested(execution_id="ex-1", reason="changed my mind")
@@ -129,3 +129,11 @@ def test_an_event_built_from_a_payload_equals_the_decoded_one() -> None:
         decoded.extensions,
         decoded.payload,
     )
+
+
+def test_a_payload_is_had_as_the_model_a_handler_expects() -> None:
+    event = IncomingEvent.of(CANCEL, id="evt-1", source="/execmesh/api")
+
+    assert event.payload_as(ExecutionCancelRequested) is CANCEL
+    with pytest.raises(InvalidEvent, match=r"expected io\.execmesh\.execution\.cancelled,"):
+        event.payload_as(ExecutionCancelled)
