@@ -14,6 +14,7 @@ import base64
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,6 +198,10 @@ def check_mongodb(url: str) -> None:
 def check_kafka(bootstrap_servers: str) -> None:
     from kafka import KafkaAdminClient
 
+    # The admin client spends seconds retrying a refused bootstrap; a plain connect fails fast.
+    first = urlsplit(f"//{bootstrap_servers.split(',')[0]}")
+    socket.create_connection((first.hostname or "127.0.0.1", first.port or 9092), 1.0).close()
+
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers.split(","),
         request_timeout_ms=3000,
@@ -338,12 +343,9 @@ def healthy(service: Service) -> str | None:
 
 
 def start(service: Service, layout: Layout) -> subprocess.Popen[bytes] | None:
-    """Start the service unless it already answers; None when nothing was started."""
-    if healthy(service) is None:
-        logger.info("%s: already answering at %s", service.name, service.url)
-        return None
+    """Start the service's process; None when the one we started before is still running."""
     if running_pid(service, layout) is not None:
-        logger.info("%s: already starting", service.name)
+        logger.info("%s: already started, pid file %s", service.name, layout.pid_file(service.name))
         return None
     log = layout.log_file(service.name).open("ab")
     try:
@@ -431,17 +433,18 @@ def _alive(pid: int) -> bool:
 
 def up(all_services: Sequence[Service], layout: Layout) -> list[str]:
     """Start every local service and wait for all; the failures, one message each."""
-    local = [service for service in all_services if service.local]
+    # A server already answering is used as it is, whoever started it.
+    to_start = [s for s in all_services if s.local and healthy(s) is not None]
     failures = [
         f"{service.name}: {why}"
-        for service in local
+        for service in to_start
         if (why := missing_installs(service, layout)) is not None
     ]
     if failures:
         return failures
-    prepare(layout, local)
+    prepare(layout, to_start)
     # Start them all before waiting on any, so the slow JVM start overlaps the others.
-    processes = {service.name: start(service, layout) for service in local}
+    processes = {service.name: start(service, layout) for service in to_start}
     for service in all_services:
         try:
             wait_until_healthy(service, layout, processes.get(service.name))

@@ -84,11 +84,31 @@ def test_an_empty_install_names_what_is_missing(tmp_path: Path) -> None:
     assert "make setup" in kafka_missing
 
 
+def refuse(url: str) -> None:
+    raise ConnectionRefusedError(f"nothing at {url}")
+
+
 def test_up_fails_before_starting_anything_when_an_install_is_missing(tmp_path: Path) -> None:
     layout = Layout(data_dir=tmp_path)
-    failures = localservices.up(localservices.services(Settings(), layout), layout)
+    down = [
+        dataclasses.replace(service, check=refuse)
+        for service in localservices.services(Settings(), layout)
+    ]
+    failures = localservices.up(down, layout)
     assert any(failure.startswith("ferretdb:") for failure in failures)
     assert not layout.run_dir.exists()
+
+
+def test_a_server_already_answering_is_used_without_checking_the_install(
+    tmp_path: Path,
+) -> None:
+    layout = Layout(data_dir=tmp_path)  # nothing installed here
+    answering = [
+        dataclasses.replace(service, check=lambda url: None)
+        for service in localservices.services(Settings(), layout)
+    ]
+    assert localservices.up(answering, layout) == []
+    assert not list(layout.run_dir.glob("*.pid"))
 
 
 def test_a_stale_pid_file_naming_another_program_is_never_signalled(tmp_path: Path) -> None:
@@ -102,9 +122,6 @@ def test_a_stale_pid_file_naming_another_program_is_never_signalled(tmp_path: Pa
 
 
 def test_a_failing_health_check_is_reported_with_its_reason() -> None:
-    def refuse(url: str) -> None:
-        raise ConnectionRefusedError(f"nothing at {url}")
-
     service = dataclasses.replace(
         localservices.services(Settings(), Layout(data_dir=Path("/x")))[0], check=refuse
     )
@@ -114,9 +131,6 @@ def test_a_failing_health_check_is_reported_with_its_reason() -> None:
 
 
 def test_an_external_service_that_never_answers_fails_up_with_its_name(tmp_path: Path) -> None:
-    def refuse(url: str) -> None:
-        raise ConnectionRefusedError("refused")
-
     layout = Layout(data_dir=tmp_path)
     external = Service(
         name="redis",
@@ -138,9 +152,6 @@ def test_an_external_service_that_never_answers_fails_up_with_its_name(tmp_path:
 def test_a_local_service_that_exits_while_starting_is_reported_with_its_log(
     tmp_path: Path,
 ) -> None:
-    def refuse(url: str) -> None:
-        raise ConnectionRefusedError("refused")
-
     layout = Layout(data_dir=tmp_path)
     crashing = Service(
         name="redis",
