@@ -30,6 +30,7 @@ def parse_args(argv: Sequence[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument("--max-running", type=int, default=16, help="pods run at once")
     parser.add_argument("--log-bytes", type=int, default=NodeLimits.log_bytes)
     parser.add_argument("--pids", type=int, default=NodeLimits.pids)
+    parser.add_argument("--watch-history", type=int, default=2000, help="events kept")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(list(argv))
 
@@ -43,7 +44,7 @@ def create_app(args: argparse.Namespace) -> Starlette:
         # One node per data dir, so two nodes on one machine never share cgroups.
         cgroup_name="execmesh-node-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:10],
     )
-    store = Store(data_dir / "objects.sqlite3")
+    store = Store(data_dir / "objects.sqlite3", history=args.watch_history)
     kubelet = Kubelet(store, config)
 
     @contextlib.asynccontextmanager

@@ -162,7 +162,8 @@ def sandbox_spec(pod: Obj, configmaps: Mapping[str, Obj], node: NodeLimits) -> S
         cpu_millicores=None if cpu is None else max(1, math.ceil(cpu * 1000)),
         pids=max(8, min(pids, 32768)),
         nofile=node.nofile,
-        file_bytes=min(largest_tmpfs, node.max_file_bytes),
+        # Above every tmpfs size, so a full tmpfs says ENOSPC; it bounds the host-side files.
+        file_bytes=min(largest_tmpfs + MiB, node.max_file_bytes),
         log_bytes=node.log_bytes if storage is None else min(node.log_bytes, int(storage)),
         deadline_seconds=None if deadline is None else int(deadline),
         termination_path=container.get("terminationMessagePath") or "/dev/termination-log",
