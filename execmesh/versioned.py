@@ -16,8 +16,11 @@ the two writes); ``get`` reads forward from the head and repairs it, so nothing 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
-from typing import Any
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING
 from pymongo.database import Database
@@ -25,7 +28,10 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from execmesh.errors import TransientError
 
+logger = logging.getLogger(__name__)
+
 Document = dict[str, Any]
+T = TypeVar("T")
 
 VERSION = "version"
 KEY = "key"
@@ -109,6 +115,18 @@ class VersionedCollection:
         # already at this version or later.
         with contextlib.suppress(DuplicateKeyError):
             self.heads.replace_one({"_id": key, VERSION: {"$lt": head[VERSION]}}, head, upsert=True)
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 20) -> T:
+    """Run a read-modify-save ``attempt`` until it saves without a ``VersionConflict``."""
+    for number in range(1, attempts + 1):
+        try:
+            return attempt()
+        except VersionConflict:
+            logger.debug("%s changed under us (attempt %d)", what, number)
+            # Jitter, so that two contenders do not collide again in lockstep.
+            time.sleep(random.uniform(0, 0.002 * number))
+    raise TransientError(f"{what}: still conflicting after {attempts} attempts")
 
 
 def _version_id(key: str, version: int) -> str:

@@ -7,21 +7,16 @@ re-emits the same events (their ids derive from the input id, consumers deduplic
 from __future__ import annotations
 
 import logging
-import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from execmesh.errors import TransientError
 from execmesh.events import Payload
 from execmesh.saga.machine import DeadlineCheck, Message, Policy, Saga, advance
 from execmesh.saga.store import SagaStore
 from execmesh.settings import Settings
-from execmesh.versioned import VersionConflict
+from execmesh.versioned import retry_on_conflict
 
 logger = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -45,23 +40,16 @@ def apply_event(
     message: Message,
     now: datetime,
     policy: Policy,
-    *,
-    attempts: int = MAX_ATTEMPTS,
 ) -> tuple[Payload, ...]:
     """Apply one event to the saga of ``execution_id``; returns the events to emit."""
-    for attempt in range(attempts):
+
+    def attempt() -> tuple[Payload, ...]:
         step = advance(store.get(execution_id), key, message, now, policy)
-        if not step.changed or step.saga is None:
-            return step.emitted
-        try:
+        if step.changed and step.saga is not None:
             store.save(step.saga)
-        except VersionConflict:
-            logger.debug("saga %s changed under us (attempt %d)", execution_id, attempt + 1)
-            # Jitter so that two contenders do not collide again in lockstep.
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-            continue
         return step.emitted
-    raise TransientError(f"saga {execution_id}: still conflicting after {attempts} attempts")
+
+    return retry_on_conflict(attempt, f"saga {execution_id}")
 
 
 def check_deadlines(
