@@ -1,9 +1,9 @@
 """The coordinator's decisions: one input event in, the admission events it causes out.
 
 The store does the state changes atomically and remembers, per input event, what it did;
-this module turns a request into a ticket and an outcome into events. Every event caused by
-one input carries the execution id as discriminator, so a retry of the input re-emits the
-same event ids and consumers deduplicate them.
+this module turns a request into a ticket and an outcome into events. The ids of the events
+one input causes derive from that input and each execution id, so a retry of the input
+re-emits the same ids and consumers deduplicate them.
 """
 
 from __future__ import annotations
@@ -171,4 +171,6 @@ def _acceptances(outcome: Outcome) -> list[Emission]:
 
 
 def _emission(payload: ExecutionPayload) -> Emission:
-    return Emission(payload, discriminator=payload.execution_id)
+    # The subject (the execution id) takes part in the derived event id, so the acceptances
+    # one input causes have distinct ids, and the same ones when the input is retried.
+    return Emission(payload)

@@ -120,4 +120,8 @@ def check_limits(limits: Limits, server: ServerLimits) -> Rejection | None:
 
 def _too(what: str, asked: float, bound: str, allowed: float, unit: str) -> Rejection:
     code = f"{what}_too_{'large' if bound == 'at most' else 'small'}"
-    return Rejection(code, f"{what} limit {asked:g}{unit} asked; {bound} {allowed:g}{unit}")
+    return Rejection(code, f"{what} limit {_n(asked)}{unit} asked; {bound} {_n(allowed)}{unit}")
+
+
+def _n(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
