@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+import uvloop
 
-from execmesh.broker.dispatcher import HttpxSender, Route, TriggerDispatcher
+from execmesh.broker.dispatcher import AiohttpSender, Route, TriggerDispatcher
 from execmesh.broker.ingress import build_app
 from execmesh.broker.kafka_io import (
     DEFAULT_PARTITIONS,
@@ -75,7 +78,7 @@ async def serve(options: BrokerOptions) -> None:
     for broker in eventing.brokers:
         await asyncio.to_thread(ensure_topic, options.bootstrap, broker.topic, options.partitions)
     event_log = await asyncio.to_thread(KafkaEventLog, options.bootstrap)
-    sender = HttpxSender()
+    sender = AiohttpSender()
     loop = asyncio.get_running_loop()
     pairs = [
         _wire(
@@ -89,28 +92,43 @@ async def serve(options: BrokerOptions) -> None:
         )
         for trigger, route in zip(eventing.triggers, trigger_routes, strict=True)
     ]
+    topics = {broker.path: broker.topic for broker in eventing.brokers}
+    config = uvicorn.Config(
+        build_app(topics, event_log),
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    _stop_on_signals(server)
     try:
         await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
-        topics = {broker.path: broker.topic for broker in eventing.brokers}
-        config = uvicorn.Config(
-            build_app(topics, event_log),
-            host=options.host,
-            port=options.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
         log.info(
             "broker ready on http://%s:%d with %d trigger(s)",
             options.host,
             options.port,
             len(pairs),
         )
-        await uvicorn.Server(config).serve()
+        await server.serve()
     finally:
         await _stop(pairs)
         await sender.aclose()
         await asyncio.to_thread(event_log.close)
+
+
+def _stop_on_signals(server: uvicorn.Server) -> None:
+    """Our own handlers: uvicorn re-raises the signal it caught once it has stopped, which
+    with the default handlers would kill the process before the dispatchers drained."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not server.should_exit:
+            log.info("signal %d: stopping", signum)
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def _wire(
@@ -118,7 +136,7 @@ def _wire(
     route: Route,
     topic: str,
     group: str,
-    sender: HttpxSender,
+    sender: AiohttpSender,
     event_log: KafkaEventLog,
     loop: asyncio.AbstractEventLoop,
 ) -> tuple[TriggerDispatcher, TriggerConsumer]:
@@ -160,6 +178,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for chatty in ("kafka", "aiohttp.access"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         local = LocalConfig.load(args.local_config)
         eventing = load_eventing(args.eventing_dir, local.namespace)
@@ -172,7 +192,9 @@ def main(argv: list[str]) -> int:
             partitions=args.partitions,
         )
         routes(eventing, local)
-        asyncio.run(serve(options))
+        # uvloop: the ingress and the deliveries share one loop, and it is the hot path.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(options))
     except ConfigError as error:
         log.error("%s", error)
         return 2
