@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -25,72 +15,15 @@ from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
 
+from .serving import Sink, running_function, running_sink
+
 pytestmark = pytest.mark.services
-
-PORTS = range(19500, 19600)
-FUNCTION_SOURCE = """
-    from execmesh.events import ExecutionCancelled
-    from execmesh.mesh import Emission, cloud_event_function
-
-
-    def handle(event, ctx):
-        reason = f"echo of {event.id}"
-        execution_id = event.payload.execution_id
-        return [Emission(ExecutionCancelled(execution_id=execution_id, reason=reason))]
-
-
-    echo = cloud_event_function("echo", handle)
-    served_as_handle = echo
-"""
-
-
-@dataclass
-class Sink:
-    """A CloudEvents receiver that records what it is sent and answers ``status``."""
-
-    url: str
-    status: int = 202
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 @pytest.fixture(scope="module")
 def module_sink() -> Iterator[Sink]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    recorder = Sink(url=f"http://127.0.0.1:{server.server_address[1]}/default")
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a broker ingress offers
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            recorder.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(recorder.status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-    server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with running_sink() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -100,61 +33,20 @@ def sink(module_sink: Sink) -> Sink:
     return module_sink
 
 
-@pytest.fixture(scope="module")
-def function_url(tmp_path_factory: pytest.TempPathFactory, module_sink: Sink) -> Iterator[str]:
-    # One server for the module: every test uses fresh event ids, and the sink is reset.
-    with served_function("echo", tmp_path_factory.mktemp("echo"), module_sink) as url:
-        yield url
-
-
-@contextmanager
-def served_function(target: str, tmp_path: Path, sink: Sink) -> Iterator[str]:
-    source = tmp_path / "main.py"
-    source.write_text(textwrap.dedent(FUNCTION_SOURCE))
-    port = free_port()
-    env = {
-        **os.environ,
+def function_env(sink: Sink) -> dict[str, str]:
+    return {
         "K_SINK": sink.url,
         "K_CE_OVERRIDES": json.dumps({"extensions": {"boundby": "sinkbinding"}}),
         "REDIS_URL": Settings.from_env().redis_url,
-        "WORKERS": "1",
-        "THREADS": "4",
     }
-    command = [
-        str(Path(sys.executable).parent / "functions-framework"),
-        *("--target", target, "--source", str(source), "--host", "127.0.0.1"),
-        *("--port", str(port)),
-    ]
-    log = (tmp_path / "function.log").open("wb")
-    process = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process, tmp_path / "function.log")
+
+
+@pytest.fixture(scope="module")
+def function_url(tmp_path_factory: pytest.TempPathFactory, module_sink: Sink) -> Iterator[str]:
+    # One server for the module: every test uses fresh event ids, and the sink is reset.
+    workdir = tmp_path_factory.mktemp("echo")
+    with running_function("echo", workdir, function_env(module_sink)) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        log.close()
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"functions-framework exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health/readiness", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"functions-framework not ready after 30 s: {log.read_text()[-2000:]}")
 
 
 def post_cancel_request(
@@ -267,7 +159,7 @@ def test_a_stream_of_events_is_each_answered_202_and_emitted_once(
 def test_a_target_named_apart_from_the_component_is_served_the_same_way(
     tmp_path: Path, sink: Sink
 ) -> None:
-    with served_function("served_as_handle", tmp_path, sink) as url:
+    with running_function("served_as_handle", tmp_path, function_env(sink)) as url:
         response = post_cancel_request(url, f"evt-{uuid.uuid4()}")
 
     assert (response.status_code, response.content) == (202, b"")
