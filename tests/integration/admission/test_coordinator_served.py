@@ -1,0 +1,152 @@
+"""functions/coordinator/main.py served by the real functions-framework CLI, on the real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from coordinator_harness import MAIN, requested
+
+from execmesh.events import ExecutionCompleted, Payload
+from execmesh.settings import Settings
+
+pytestmark = pytest.mark.services
+
+PORTS = range(19700, 19800)
+# A database of its own: the served function uses the default key prefix.
+REDIS_DB = 13
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
+
+
+def redis_url() -> str:
+    base = Settings.from_env().redis_url.rsplit("/", 1)[0]
+    return f"{base}/{REDIS_DB}"
+
+
+def forget_everything(client: redis.Redis) -> None:
+    keys = list(client.scan_iter("execmesh:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    received: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            received.append({**headers, "body": body.decode()})
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def coordinator_url(sink: tuple[str, list[dict[str, str]]], tmp_path: Path) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_url(), socket_timeout=5.0)
+    forget_everything(client)
+    port = free_port()
+    env = {
+        **os.environ,
+        "K_SINK": sink[0],
+        "REDIS_URL": redis_url(),
+        "EXECMESH_POD_BACKEND": "cluster",
+        "EXECMESH_MAX_GLOBAL": "1",
+    }
+    bin_dir = Path(sys.executable).parent
+    argv = [str(bin_dir / "functions-framework"), "--target", "coordinator"]
+    argv += ["--source", str(MAIN), "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp_path / "coordinator.log").open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health/readiness", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "coordinator.log").read_text()
+            assert time.monotonic() < deadline, "the coordinator did not become ready"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+        forget_everything(client)
+        client.close()
+
+
+def post(url: str, payload: Payload, event_id: str) -> int:
+    headers = {
+        "content-type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "/test",
+        "ce-type": payload.TYPE,
+    }
+    return httpx.post(url, headers=headers, content=json.dumps(payload.to_data())).status_code
+
+
+def test_the_served_coordinator_admits_queues_and_admits_the_next_on_completion(
+    coordinator_url: str, sink: tuple[str, list[dict[str, str]]]
+) -> None:
+    received = sink[1]
+    run = uuid.uuid4().hex[:8]
+    first, second = f"ex-{run}-1", f"ex-{run}-2"
+
+    answers = [
+        post(coordinator_url, requested(first), f"req-{run}-1"),
+        post(coordinator_url, requested(second), f"req-{run}-2"),
+        post(coordinator_url, ExecutionCompleted(execution_id=first, exit_code=0), f"c-{run}"),
+    ]
+
+    assert answers == [202, 202, 202]
+    assert [(h["ce-type"].rsplit(".", 1)[1], h["ce-subject"]) for h in received] == [
+        ("accepted", first),
+        ("queued", second),
+        ("accepted", second),
+    ]
+    assert {h["ce-source"] for h in received} == {"/execmesh/coordinator"}
