@@ -108,7 +108,7 @@ setup_ferretdb() {
   echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
   mkdir -p "$DATA/bin"
   quietly ferretdb go -C "$src" build -trimpath -o "$bin" ./cmd/ferretdb
-  rm -rf "$src"
+  rm -rf "$DATA/src"
 }
 
 setup_python
