@@ -6,6 +6,8 @@
 #
 # Reads a directory (EXECMESH_DIR, default /execmesh: the pod's ConfigMap):
 #   argv                the command line, its words quoted for sh
+#   build-argv          optional: a command that builds the program first (quoted likewise);
+#                       if it fails, its exit status and output are reported, build_failed
 #   source-file         the name of the program's file in that directory
 #   stdin               the program's standard input (absent: /dev/null)
 #   output-limit-bytes  the cap on each of stdout and stderr
@@ -97,7 +99,7 @@ later() {
         fi
         shift
         "$@"
-    ) >/dev/null &
+    ) >/dev/null 3>&- 4>&- &
 }
 
 # Copy a stream into a file of at most limit+1 bytes, then discard the rest so the program
@@ -137,7 +139,11 @@ value timeout-seconds
 timeout=$_v
 is_decimal "$timeout" || fail config-invalid
 [ -r "$config/argv" ] || fail config-missing
-eval "set -- $(cat "$config/argv")" || fail config-invalid
+argv=$(cat "$config/argv")
+build=
+[ -e "$config/build-argv" ] && build=$(cat "$config/build-argv")
+# The interpreter (or compiler) must exist; a missing one is the platform's failure.
+eval "set -- ${build:-$argv}" || fail config-invalid
 [ "$#" -gt 0 ] || fail config-invalid
 command -v "$1" >/dev/null || fail runtime-missing
 stdin=/dev/null
@@ -153,21 +159,45 @@ capture stdout >/dev/null &
 out_reader=$!
 capture stderr >/dev/null &
 err_reader=$!
+# Held open until the program is done, so that the readers see one stream from the build
+# and the program, and end-of-file only once both have finished.
+exec 3>"$run/stdout.fifo" 4>"$run/stderr.fifo"
+
+# The extra sh records the pid for the deadline, then becomes the command: run in the
+# foreground, it keeps the default SIGINT/SIGQUIT that background jobs would lose.
+run_recorded() {
+    (cd "$work" && exec /bin/sh -c 'echo "$$" >"$0" && exec "$@"' "$run/pid" "$@") \
+        >&3 2>&4 3>&- 4>&-
+}
+
+start_clock() {
+    times >"$run/times-before"
+    now_ms
+    started=$_ms
+}
 
 later "$timeout" time_out
 deadline=$!
-times >"$run/times-before"
-now_ms
-started=$_ms
-# The extra sh records the program's pid for the deadline, then becomes the program: run in
-# the foreground, it keeps the default SIGINT/SIGQUIT that background jobs would lose.
-(cd "$work" && exec /bin/sh -c 'echo "$$" >"$0" && exec "$@"' "$run/pid" "$@") \
-    <"$stdin" >"$run/stdout.fifo" 2>"$run/stderr.fifo"
-status=$?
+start_clock
+status=0
+build_failed=false
+if [ -n "$build" ]; then
+    eval "set -- $build"
+    run_recorded "$@" </dev/null
+    status=$?
+    [ "$status" -eq 0 ] || build_failed=true
+    start_clock
+fi
+if [ "$status" -eq 0 ] && [ ! -e "$run/timed-out" ]; then
+    eval "set -- $argv"
+    run_recorded "$@" <"$stdin"
+    status=$?
+fi
 now_ms
 wall_ms=$((_ms - started))
 times >"$run/times-after"
 kill "$deadline"
+exec 3>&- 4>&-
 
 later "$grace" kill "$out_reader" "$err_reader"
 abandon=$!
@@ -212,8 +242,8 @@ done
 printf 'end\n'
 
 bool() { if [ "$1" = 1 ]; then echo true; else echo false; fi; }
-printf '{"v":1,"exit_code":%d,"signal":%s,"timed_out":%s,"wall_ms":%d,"cpu_ms":%d,"peak_memory_bytes":%s,"stdout_bytes":%d,"stderr_bytes":%d,"stdout_truncated":%s,"stderr_truncated":%s}\n' \
-    "$status" "$signal" "$timed_out" "$wall_ms" "$cpu_ms" "$peak" \
+printf '{"v":1,"exit_code":%d,"signal":%s,"timed_out":%s,"build_failed":%s,"wall_ms":%d,"cpu_ms":%d,"peak_memory_bytes":%s,"stdout_bytes":%d,"stderr_bytes":%d,"stdout_truncated":%s,"stderr_truncated":%s}\n' \
+    "$status" "$signal" "$timed_out" "$build_failed" "$wall_ms" "$cpu_ms" "$peak" \
     "$stdout_bytes" "$stderr_bytes" "$(bool "$stdout_truncated")" "$(bool "$stderr_truncated")" \
     >"$summary"
 exit "$status"

@@ -142,6 +142,8 @@ def configmap_data(spec: ExecutionSpec) -> dict[str, str]:
         "output-limit-bytes": str(spec.limits.output_bytes),
         "timeout-seconds": _decimal(spec.limits.timeout_seconds),
     }
+    if runtime.build_command:
+        data["build-argv"] = shlex.join(runtime.build_command)
     if spec.stdin is not None:
         data["stdin"] = spec.stdin
     size = sum(len(k) + len(v.encode("utf-8")) for k, v in data.items())

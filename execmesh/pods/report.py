@@ -37,6 +37,7 @@ class PodReport:
     exit_code: int
     signal: int | None
     timed_out: bool
+    build_failed: bool  # a compiled language's build failed: exit_code and stderr are its
     wall_ms: int
     cpu_ms: int
     peak_memory_bytes: int | None
@@ -57,6 +58,7 @@ def parse_pod_report(termination_message: str | bytes, log: bytes) -> PodReport:
         exit_code=summary["exit_code"],
         signal=summary["signal"],
         timed_out=summary["timed_out"],
+        build_failed=summary["build_failed"],
         wall_ms=summary["wall_ms"],
         cpu_ms=summary["cpu_ms"],
         peak_memory_bytes=summary["peak_memory_bytes"],
@@ -69,6 +71,7 @@ _SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
     "exit_code": (int,),
     "signal": (int, type(None)),
     "timed_out": (bool,),
+    "build_failed": (bool,),
     "wall_ms": (int,),
     "cpu_ms": (int,),
     "peak_memory_bytes": (int, type(None)),

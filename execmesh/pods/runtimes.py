@@ -43,6 +43,8 @@ class Runtime:
     run_command: tuple[str, ...]
     version_command: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    # Run first, in the same directory; the run command then starts what it built.
+    build_command: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -58,6 +60,7 @@ class _Language:
     source_file: str
     interpreters: tuple[str, ...]  # commands tried on this machine, in order
     run_args: tuple[str, ...]  # after the interpreter
+    compiled: bool  # the interpreter is a compiler: build ./main, then run it
     version_args: tuple[str, ...]
     image_template: str  # formatted with {version}
     version_parts: int  # 2 = major.minor, 1 = major only (Node's images are per major)
@@ -71,19 +74,26 @@ class _Language:
         return ".".join(str(int(n)) for n in numbers[: self.version_parts])
 
     def runtime(self, version: str, interpreter: str) -> Runtime:
+        if self.compiled:
+            build = (interpreter, *self.run_args, "-o", "main", self.source_file)
+            run: tuple[str, ...] = ("./main",)
+        else:
+            build, run = (), (interpreter, *self.run_args, self.source_file)
         return Runtime(
             language=self.name,
             version=version,
             image=self.image_template.format(version=version),
             source_file=self.source_file,
-            run_command=(interpreter, *self.run_args, self.source_file),
+            run_command=run,
             version_command=(interpreter, *self.version_args),
             env=self.env,
+            build_command=build,
         )
 
 
 # Go compiles into GOCACHE and looks up HOME; both must live on the writable /tmp, and it
-# must never try to download a toolchain (the pod has no network).
+# must never try to download a toolchain (the pod has no network). It is built, then run:
+# `go run` would turn every non-zero exit status of the program into 1.
 _GO_ENV = (
     ("GOCACHE", "/tmp/.cache/go-build"),
     ("GOPATH", "/tmp/go"),
@@ -99,6 +109,7 @@ LANGUAGES: tuple[_Language, ...] = (
         source_file="main.py",
         interpreters=("python3",),
         run_args=(),
+        compiled=False,
         version_args=("--version",),
         image_template="python:{version}-slim",
         version_parts=2,
@@ -111,6 +122,7 @@ LANGUAGES: tuple[_Language, ...] = (
         source_file="main.js",
         interpreters=("node", "nodejs"),
         run_args=(),
+        compiled=False,
         version_args=("--version",),
         image_template="node:{version}-alpine",
         version_parts=1,
@@ -121,7 +133,8 @@ LANGUAGES: tuple[_Language, ...] = (
         aliases=("golang",),
         source_file="main.go",
         interpreters=("/usr/local/go/bin/go", "/usr/lib/go/bin/go"),
-        run_args=("run",),
+        run_args=("build",),
+        compiled=True,
         version_args=("version",),
         image_template="golang:{version}-alpine",
         version_parts=2,
@@ -134,6 +147,7 @@ LANGUAGES: tuple[_Language, ...] = (
         source_file="main.rb",
         interpreters=("ruby",),
         run_args=(),
+        compiled=False,
         version_args=("--version",),
         image_template="ruby:{version}-alpine",
         version_parts=2,
@@ -145,6 +159,7 @@ LANGUAGES: tuple[_Language, ...] = (
         source_file="main.sh",
         interpreters=("bash",),
         run_args=(),
+        compiled=False,
         version_args=("--version",),
         image_template="bash:{version}",
         version_parts=2,

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from execmesh.pods.manifest import ENTRYPOINT_KEY, ExecutionSpec, Limits, configmap_data
 from execmesh.pods.report import EntrypointFailed, PodReport, parse_pod_report
-from execmesh.pods.runtimes import SANDBOX_PATH, Runtime
+from execmesh.pods.runtimes import SANDBOX_PATH, Runtime, default_registry
 
 SHELLS = [
     pytest.param(["/bin/dash"], id="dash"),
@@ -48,6 +49,7 @@ PYTHON = Runtime(
     version_command=("/usr/bin/python3", "--version"),
 )
 KiB = 1024
+GO_CACHE = Path(tempfile.gettempdir()) / f"execmesh-test-gocache-{os.getuid()}"
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,17 @@ def run_entrypoint(
         "PATH": SANDBOX_PATH,
         "HOME": str(scratch),
         "LANG": "C.UTF-8",
+        "TMPDIR": str(scratch),
         "EXECMESH_DIR": str(config),
         "EXECMESH_TERMINATION_LOG": str(message_file),
         "EXECMESH_SCRATCH": str(scratch),
         "EXECMESH_CGROUP_ROOT": str(cgroup),
     }
+    # The runtime's own variables point into the pod's /tmp, which here is the scratch dir;
+    # Go's build cache is shared by the tests, as compiling its standard library takes seconds.
+    env.update((k, v.replace("/tmp", str(scratch), 1)) for k, v in runtime.env)
+    if "GOCACHE" in env:
+        env["GOCACHE"] = str(GO_CACHE)
     started = time.monotonic()
     process = subprocess.Popen(
         [*shell, str(config / ENTRYPOINT_KEY)],
@@ -319,3 +327,55 @@ def test_the_termination_message_fits_kubernetes_limit(shell: list[str], tmp_pat
     run = run_entrypoint(shell, tmp_path, "kill -KILL $$", limits=limits)
     assert len(run.message.encode()) < 4096
     assert run.report.signal == signal.SIGKILL
+
+
+HELLO = {
+    "python": "import sys\nprint(sys.stdin.read().upper(), end='')\nsys.exit(7)\n",
+    "node": "const fs = require('fs');\n"
+    "process.stdout.write(fs.readFileSync(0, 'utf8').toUpperCase());\nprocess.exit(7);\n",
+    "ruby": "print STDIN.read.upcase\nexit 7\n",
+    "bash": "tr a-z A-Z\nexit 7\n",
+    "go": 'package main\nimport (\n"io"\n"os"\n"strings"\n)\n'
+    "func main() {\nb, _ := io.ReadAll(os.Stdin)\n"
+    "os.Stdout.WriteString(strings.ToUpper(string(b)))\nos.Exit(7)\n}\n",
+}
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [pytest.param(r, id=r.key) for r in default_registry().available("local")],
+)
+def test_every_local_runtime_runs_a_program_through_the_entry_point(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    # Go compiles its standard library into an empty cache first: seconds, and tens of MB.
+    limits = Limits(timeout_seconds=60, tmp_bytes=256 * KiB * KiB)
+    run = run_entrypoint(
+        ["/bin/dash"],
+        tmp_path,
+        HELLO[runtime.language],
+        runtime=runtime,
+        stdin="hi there",
+        limits=limits,
+        timeout=90,
+    )
+    report = run.report
+    assert (report.stdout, report.stderr, report.exit_code) == (b"HI THERE", b"", 7)
+
+
+def test_a_failed_build_reports_the_compilers_output_and_status(tmp_path: Path) -> None:
+    go = [r for r in default_registry().available("local") if r.language == "go"]
+    if not go:
+        pytest.skip("no Go on this machine")
+    limits = Limits(timeout_seconds=60, tmp_bytes=256 * KiB * KiB)
+    run = run_entrypoint(
+        ["/bin/dash"],
+        tmp_path,
+        "package main\nfunc main() { x }\n",
+        runtime=go[0],
+        limits=limits,
+        timeout=90,
+    )
+    report = run.report
+    assert (report.build_failed, report.exit_code, report.stdout) == (True, 1, b"")
+    assert b"undefined: x" in report.stderr
