@@ -101,6 +101,8 @@ local function finish(id)
   end
   -- Also a tombstone for an execution ended before it was submitted: it is never admitted.
   redis.call('HSET', e, 'state', 'done')
+  -- The body (which holds the script) is no longer needed: keep only the tombstone.
+  redis.call('HDEL', e, 'body')
   redis.call('PEXPIRE', e, ttl_ms)
   return before
 end
