@@ -290,6 +290,9 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s pod-monitor %(levelname)s %(message)s"
     )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     settings = Settings.from_env()
     if not settings.k_sink:
         log.error("K_SINK is not set: a ContainerSource is given its sink there")
@@ -302,9 +305,6 @@ def main(argv: Sequence[str]) -> int:
         watch_timeout_seconds=args.watch_timeout,
         workers=args.workers,
     )
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     # The watch blocks in a socket read; in its own thread it cannot delay the shutdown.
     watcher = threading.Thread(target=monitor.run, name="pod-watch", daemon=True)
     watcher.start()
