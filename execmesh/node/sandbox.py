@@ -259,17 +259,35 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     for name in ("passwd", "group"):
         argv += ["--ro-bind", str(host.etc_dir / name), f"/etc/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
+    made = {"/", "/usr", "/etc", "/proc", "/dev"}
     for controller, directory in host.cgroup_dirs.items():
-        argv += ["--ro-bind", str(directory), f"/sys/fs/cgroup/{controller}"]
+        target = f"/sys/fs/cgroup/{controller}"
+        argv += [*_parent_dirs(target, made), "--ro-bind", str(directory), target]
     for mount in spec.tmpfs:
+        argv += _parent_dirs(mount.path, made)
         argv += ["--perms", "1777", "--size", str(mount.size_bytes), "--tmpfs", mount.path]
+        made.add(mount.path)
     for file in spec.files:
-        argv += ["--ro-bind", str(host.files_dir / file.path.lstrip("/")), file.path]
+        source = str(host.files_dir / file.path.lstrip("/"))
+        argv += [*_parent_dirs(file.path, made), "--ro-bind", source, file.path]
+    argv += _parent_dirs(spec.termination_path, made)
     argv += ["--bind", str(host.termination_file), spec.termination_path]
     argv += ["--remount-ro", "/", "--chdir", spec.workdir, "--clearenv"]
     for name, value in spec.env:
         argv += ["--setenv", name, value]
     return [*argv, "--", *setpriv_argv(spec), *spec.argv]
+
+
+def _parent_dirs(path: str, made: set[str]) -> list[str]:
+    """``--dir`` for each missing ancestor: bubblewrap would create them mode 0700."""
+    argv: list[str] = []
+    parts = path.strip("/").split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        ancestor = "/" + "/".join(parts[:depth])
+        if ancestor not in made:
+            made.add(ancestor)
+            argv += ["--perms", "0755", "--dir", ancestor]
+    return argv
 
 
 def setpriv_argv(spec: SandboxSpec) -> list[str]:
