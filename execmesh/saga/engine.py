@@ -7,12 +7,16 @@ re-emits the same events (their ids derive from the input id, consumers deduplic
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from execmesh.events import Payload
+from execmesh.errors import InvalidEvent
+from execmesh.events import ExecutionPayload, Payload, PingTick
+from execmesh.mesh import Emission, IncomingEvent
+from execmesh.mongo import connect
 from execmesh.saga.machine import DeadlineCheck, Message, Policy, Saga, advance
-from execmesh.saga.store import SagaStore
+from execmesh.saga.store import MongoSagaStore, SagaStore
 from execmesh.settings import Settings
 from execmesh.versioned import retry_on_conflict
 
@@ -70,3 +74,36 @@ def check_deadlines(
     if candidates or purged:
         logger.info("deadline check: %d due, %d purged", len(candidates), purged)
     return tuple(emitted)
+
+
+@dataclass(frozen=True)
+class SagaService:
+    """What the saga function does with one event: the deadline check or one saga's step."""
+
+    store: SagaStore
+    config: SagaConfig
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SagaService:
+        store = MongoSagaStore(connect(settings))
+        store.ensure_indexes()
+        return cls(store=store, config=SagaConfig.from_settings(settings))
+
+    def handle(self, event: IncomingEvent) -> list[Emission]:
+        # The event's own time, so that a redelivery decides exactly as the first delivery did.
+        now = _aware(event.time) if event.time is not None else self.clock()
+        payload = event.payload
+        if isinstance(payload, PingTick):
+            emitted = check_deadlines(self.store, event.key, now, self.config)
+        elif isinstance(payload, ExecutionPayload):
+            emitted = apply_event(
+                self.store, payload.execution_id, event.key, payload, now, self.config.policy
+            )
+        else:
+            raise InvalidEvent(f"the saga does not handle {event.type}")
+        return [Emission(p) for p in emitted]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
