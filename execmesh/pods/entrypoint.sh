@@ -117,9 +117,18 @@ capture() {
     } <"$run/$1.fifo"
 }
 
+# Kill the recorded command and, when it leads its own process group, all it started.
+kill_recorded() {
+    _pid=
+    read -r _pid <"$run/pid" || return 0
+    is_number "$_pid" || return 0
+    if [ -n "$setsid" ]; then kill -KILL "-$_pid"; fi
+    kill -KILL "$_pid"
+}
+
 time_out() {
     : >"$run/timed-out"
-    read -r _pid <"$run/pid" && kill -KILL "$_pid"
+    kill_recorded
 }
 
 # A value file may lack its final newline: read then fails but still sets the variable.
@@ -164,10 +173,17 @@ err_reader=$!
 exec 3>"$run/stdout.fifo" 4>"$run/stderr.fifo"
 
 # The extra sh records the pid for the deadline, then becomes the command: run in the
-# foreground, it keeps the default SIGINT/SIGQUIT that background jobs would lose.
+# foreground, it keeps the default SIGINT/SIGQUIT that background jobs would lose. With
+# setsid (util-linux and busybox have it), the command leads a process group of its own,
+# so that the deadline, and the end of the program, kill whatever it started too.
+setsid=
+command -v setsid >/dev/null && setsid=setsid
 run_recorded() {
-    (cd "$work" && exec /bin/sh -c 'echo "$$" >"$0" && exec "$@"' "$run/pid" "$@") \
+    (cd "$work" && exec /bin/sh -c 'echo "$$" >"$0" && exec "$@"' "$run/pid" $setsid "$@") \
         >&3 2>&4 3>&- 4>&-
+    _status=$?
+    [ -z "$setsid" ] || kill_recorded
+    return "$_status"
 }
 
 start_clock() {
@@ -176,9 +192,9 @@ start_clock() {
     started=$_ms
 }
 
+start_clock
 later "$timeout" time_out
 deadline=$!
-start_clock
 status=0
 build_failed=false
 if [ -n "$build" ]; then

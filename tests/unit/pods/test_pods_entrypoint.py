@@ -265,6 +265,26 @@ def test_a_process_left_holding_stdout_does_not_hold_the_report(
     assert run.seconds < 6
 
 
+def test_processes_the_program_left_behind_are_killed_when_it_ends(
+    shell: list[str], tmp_path: Path
+) -> None:
+    if shutil.which("setsid", path=SANDBOX_PATH) is None:
+        pytest.skip("without setsid the leftovers live until the pod ends")
+    run = run_entrypoint(shell, tmp_path, "sleep 60 & echo $! > ../leftover; exec 1>&- 2>&-")
+    assert run.report.exit_code == 0
+    assert run.seconds < 1.5, "no wait for a reader held open by the leftover"
+    leftover = (tmp_path / "scratch" / "leftover").read_text().strip()
+    state = Path(f"/proc/{leftover}/stat")
+    assert not state.exists() or state.read_text().split(") ")[1].startswith("Z")
+
+
+def test_a_timeout_kills_the_programs_children_too(shell: list[str], tmp_path: Path) -> None:
+    limits = Limits(timeout_seconds=0.5)
+    run = run_entrypoint(shell, tmp_path, "sleep 30; echo not reached", limits=limits)
+    assert (run.report.timed_out, run.report.stdout) == (True, b"")
+    assert run.seconds < 2.5
+
+
 def test_wall_and_cpu_time_are_measured(shell: list[str], tmp_path: Path) -> None:
     script = (
         "import time\n"
