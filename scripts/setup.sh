@@ -87,7 +87,7 @@ setup_kafka() {
 
 setup_ferretdb() {
   local bin=$DATA/bin/ferretdb
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+  if [ -x "$bin" ] && [[ $("$bin" --version 2>/dev/null) == *"version: $FERRETDB_VERSION"* ]]; then
     return 0
   fi
   command -v go >/dev/null || die "Go is needed to build FerretDB (go.dev toolchain, 1.22 or newer)"
