@@ -400,3 +400,19 @@ def test_limits_are_never_exceeded_under_concurrent_admissions(make_store: MakeS
     assert max(running for running, _ in samples) == max_global, "the test never saturated"
     final = store.usage()
     assert (final.running, final.queued, final.per_user, final.cpu_millis) == (0, 0, {}, 0)
+
+
+def test_a_passed_over_execution_keeps_its_place_until_its_user_has_room(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(Capacity(max_per_user=1, max_global=2))
+    store.submit(ticket("ex-a1", user="alice"), "r1", NOW)
+    store.submit(ticket("ex-b1", user="bob"), "r2", NOW)
+    store.submit(ticket("ex-a2", user="alice"), "r3", NOW)
+    store.submit(ticket("ex-c1", user="carol"), "r4", NOW)
+
+    bob_done = store.release("ex-b1", "done-b1", NOW)
+    alice_done = store.release("ex-a1", "done-a1", NOW)
+
+    assert ids(bob_done.admitted) == ["ex-c1"]
+    assert ids(alice_done.admitted) == ["ex-a2"]
