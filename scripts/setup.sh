@@ -35,7 +35,7 @@ quietly() {  # quietly NAME COMMAND...: run it, keeping its output in a log show
 apt_install() {  # apt_install PACKAGE...: install the Debian packages that are missing
   local missing=()
   for package in "$@"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+    [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] \
       || missing+=("$package")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
