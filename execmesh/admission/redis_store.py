@@ -67,7 +67,10 @@ local function admit()
     local e = exec_key(id)
     local f = redis.call('HMGET', e, 'user', 'cpu', 'mem', 'lease_ms', 'body')
     local cpu, mem = tonumber(f[2]), tonumber(f[3])
-    if tonumber(redis.call('HGET', users, f[1]) or '0') >= max_user then
+    if not f[1] then
+      -- An entry whose execution record is gone must not stall the queue.
+      redis.call('ZREM', queue, id)
+    elseif tonumber(redis.call('HGET', users, f[1]) or '0') >= max_user then
       cursor = cursor + 1
     else
       local held = redis.call('HMGET', usage, 'cpu', 'mem')

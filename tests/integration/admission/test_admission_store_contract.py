@@ -416,3 +416,20 @@ def test_a_passed_over_execution_keeps_its_place_until_its_user_has_room(
 
     assert ids(bob_done.admitted) == ["ex-c1"]
     assert ids(alice_done.admitted) == ["ex-a2"]
+
+
+@pytest.mark.services
+def test_a_queue_entry_whose_record_was_lost_does_not_stall_the_queue() -> None:
+    prefix = f"execmesh:test:admission:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(Settings.from_env().redis_url, socket_timeout=5.0)
+    store = RedisAdmissionStore(client, Capacity(max_global=1), prefix=prefix)
+    try:
+        fill(store, "ex-1", "ex-2", "ex-3")
+        client.delete(f"{prefix}:exec:ex-2")
+
+        outcome = store.release("ex-1", "done-1", NOW)
+
+        assert ids(outcome.admitted) == ["ex-3"]
+    finally:
+        client.delete(*client.scan_iter(f"{prefix}:*"))
+        client.close()
