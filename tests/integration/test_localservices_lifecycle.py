@@ -9,7 +9,6 @@ import dataclasses
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -33,10 +32,13 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def scratch(settings: Settings, tmp_path: Path) -> Iterator[tuple[Layout, list[Service]]]:
-    """A layout of our own on free ports, sharing only the installed binaries and jars."""
+@pytest.fixture(scope="module")
+def scratch(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Layout, list[Service]]]:
+    """Our own servers on free ports, started once for this module: a JVM start is slow."""
     installed = Layout(data_dir=settings.data_dir)
+    tmp_path = tmp_path_factory.mktemp("services")
     layout = Layout(
         data_dir=tmp_path,
         kafka_port=free_port(),
@@ -52,46 +54,47 @@ def scratch(settings: Settings, tmp_path: Path) -> Iterator[tuple[Layout, list[S
         kafka_bootstrap_servers=f"127.0.0.1:{layout.kafka_port}",
         redis_url=f"redis://127.0.0.1:{layout.redis_port}/0",
     )
-    services = [
-        # Non-default URLs read as external; these are ours to start.
-        dataclasses.replace(service, local=True)
-        for service in localservices.services(own, layout)
-    ]
+    # Non-default URLs read as external; these are ours to start.
+    services = [dataclasses.replace(s, local=True) for s in localservices.services(own, layout)]
+    started = time.monotonic()
+    failures = localservices.up(services, layout)
+    print(f"\ncold start of redis, ferretdb and kafka: {time.monotonic() - started:.1f} s")
     try:
+        assert failures == []
         yield layout, services
     finally:
         localservices.down(services, layout)
 
 
-def test_up_starts_every_server_healthy_and_down_stops_them(
+def pids(layout: Layout, services: list[Service]) -> dict[str, int | None]:
+    return {service.name: localservices.running_pid(service, layout) for service in services}
+
+
+def test_up_starts_every_server_answering_its_health_check(
     scratch: tuple[Layout, list[Service]],
 ) -> None:
     layout, services = scratch
-    started = time.monotonic()
-    assert localservices.up(services, layout) == []
-    print(f"cold start of redis, ferretdb and kafka: {time.monotonic() - started:.1f} s")
     assert all(localservices.healthy(service) is None for service in services)
     assert (layout.data("kafka") / "meta.properties").exists()
-    pids = {s.name: localservices.running_pid(s, layout) for s in services}
-    assert all(pids.values()), pids
+    assert all(pids(layout, services).values())
 
+
+def test_a_second_up_uses_the_running_servers(scratch: tuple[Layout, list[Service]]) -> None:
+    layout, services = scratch
+    before = pids(layout, services)
+    assert localservices.up(services, layout) == []
+    assert pids(layout, services) == before
+
+
+def test_down_stops_every_server_and_up_again_keeps_kafka_s_storage(
+    scratch: tuple[Layout, list[Service]],
+) -> None:
+    layout, services = scratch
+    cluster = (layout.data("kafka") / "meta.properties").read_text()
     localservices.down(services, layout)
-    assert all(localservices.running_pid(s, layout) is None for s in services)
+    assert not any(pids(layout, services).values())
     for port in (layout.kafka_port, layout.mongodb_port, layout.redis_port):
         assert not port_open(port), port
 
-
-def test_a_second_up_adopts_the_running_servers_and_keeps_their_data(
-    scratch: tuple[Layout, list[Service]],
-) -> None:
-    layout, services = scratch
     assert localservices.up(services, layout) == []
-    cluster_id = (layout.data("kafka") / "meta.properties").read_text()
-    pids = {s.name: localservices.running_pid(s, layout) for s in services}
-
-    assert localservices.up(services, layout) == []
-    assert {s.name: localservices.running_pid(s, layout) for s in services} == pids
-
-    localservices.down(services, layout)
-    assert localservices.up(services, layout) == []
-    assert (layout.data("kafka") / "meta.properties").read_text() == cluster_id
+    assert (layout.data("kafka") / "meta.properties").read_text() == cluster
