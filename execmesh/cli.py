@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ping": ("execmesh.sources.ping", "run the local PingSource adapter"),
     "pod-monitor": ("execmesh.kube.monitor", "watch executor pods and emit what became of them"),
     "up": ("execmesh.local.up", "run the whole local mesh in the foreground"),
+    "services": ("execmesh.localservices", "start, stop or check Kafka, FerretDB and Redis"),
     "dlq": ("execmesh.deadletters.cli", "list, show, retry or discard dead letters"),
     "replay": ("execmesh.replay.cli", "start and steer replay sessions"),
 }
