@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from execmesh.errors import PermanentError
+from execmesh.errors import PermanentError, TransientError
 from execmesh.events import (
     ExecutionFailed,
     FailureType,
@@ -32,6 +33,9 @@ from execmesh.pods import manifest, runtimes
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+# How long a delete waits for the pod to be gone; past it the delete is retried as a whole.
+TERMINATION_WAIT_SECONDS = 10.0
+TERMINATION_POLL_SECONDS = 0.05
 Resolve = Callable[[str, str | None, runtimes.Backend], runtimes.Runtime]
 
 
@@ -42,10 +46,12 @@ class PodWorker:
         *,
         resolve: Resolve = runtimes.resolve,
         runtime_class_name: str | None = None,
+        termination_wait_seconds: float = TERMINATION_WAIT_SECONDS,
     ) -> None:
         self._clients = clients
         self._resolve = resolve
         self._runtime_class_name = runtime_class_name
+        self._termination_wait = termination_wait_seconds
         self._lock = threading.Lock()
         self._policed: set[str] = set()
 
@@ -83,6 +89,8 @@ class PodWorker:
         name = manifest.resource_name(request.execution_id)
         core = self._clients.core
         self._delete("pod", core.delete_namespaced_pod, name, grace_period_seconds=0)
+        # pod.deleted promises the program has stopped, and a deleted pod terminates first.
+        self._wait_gone(name)
         self._delete("configmap", core.delete_namespaced_config_map, name)
         log.info("deleted pod %s/%s (%s)", namespace, name, request.reason)
         return PodDeleted(execution_id=request.execution_id, namespace=namespace, pod_name=name)
@@ -122,6 +130,23 @@ class PodWorker:
             raise translate(error, "create the executors' NetworkPolicy") from error
         with self._lock:
             self._policed.add(namespace)
+
+    def _wait_gone(self, name: str) -> None:
+        deadline = time.monotonic() + self._termination_wait
+        while True:
+            try:
+                self._clients.core.read_namespaced_pod(
+                    name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                raise translate(error, f"read pod {name}") from error
+            except API_ERRORS as error:
+                raise translate(error, f"read pod {name}") from error
+            if time.monotonic() > deadline:
+                raise TransientError(f"pod {name} is still terminating")
+            time.sleep(TERMINATION_POLL_SECONDS)
 
     def _create(self, kind: str, create: Callable[..., Any], body: dict[str, Any]) -> None:
         try:

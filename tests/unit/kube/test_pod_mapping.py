@@ -71,6 +71,7 @@ def summary(**overrides: Any) -> str:
         "exit_code": 0,
         "signal": None,
         "timed_out": False,
+        "build_failed": False,
         "wall_ms": 12,
         "cpu_ms": 9,
         "peak_memory_bytes": 4096,

@@ -63,7 +63,9 @@ class FakeApiServer:
     def answer(self, method: str, path: str) -> int:
         self.requests.append((method, path))
         resource = path.split("?")[0].split("/")[-1 if method == "POST" else -2]
-        return self.statuses.get((method, resource), 201 if method == "POST" else 200)
+        # By default every create succeeds, every delete too, and what was deleted is gone.
+        default = {"POST": 201, "DELETE": 200, "GET": 404}[method]
+        return self.statuses.get((method, resource), default)
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def api() -> Iterator[FakeApiServer]:
             self.end_headers()
             self.wfile.write(body.encode())
 
-        do_POST = do_DELETE = _reply
+        do_POST = do_DELETE = do_GET = _reply
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -168,10 +170,22 @@ def test_a_busy_or_broken_api_is_transient(api: FakeApiServer, status: int) -> N
 def test_delete_removes_the_pod_then_the_configmap(api: FakeApiServer) -> None:
     deleted = a_worker(api).delete(PodDeleteRequested(execution_id="e-1", reason="cleanup"))
     assert deleted == PodDeleted(execution_id="e-1", namespace="execmesh", pod_name="exec-e-1")
-    assert [path.split("?")[0] for _, path in api.requests] == [
-        "/api/v1/namespaces/execmesh/pods/exec-e-1",
-        "/api/v1/namespaces/execmesh/configmaps/exec-e-1",
+    assert [(method, path.split("?")[0]) for method, path in api.requests] == [
+        ("DELETE", "/api/v1/namespaces/execmesh/pods/exec-e-1"),
+        ("GET", "/api/v1/namespaces/execmesh/pods/exec-e-1"),
+        ("DELETE", "/api/v1/namespaces/execmesh/configmaps/exec-e-1"),
     ]
+
+
+def test_a_pod_that_does_not_terminate_in_time_makes_the_delete_transient(
+    api: FakeApiServer,
+) -> None:
+    api.statuses = {("GET", "pods"): 200}
+    worker = PodWorker(
+        clients_for_url(api.url, "execmesh"), resolve=resolve_python, termination_wait_seconds=0.2
+    )
+    with pytest.raises(TransientError, match="still terminating"):
+        worker.delete(PodDeleteRequested(execution_id="e-1", reason="cancelled"))
 
 
 def test_deleting_what_is_gone_already_is_done(api: FakeApiServer) -> None:
