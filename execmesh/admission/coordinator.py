@@ -39,8 +39,6 @@ from execmesh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-COMPONENT = "coordinator"
-
 
 @dataclass(frozen=True)
 class Coordinator:
