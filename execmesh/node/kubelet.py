@@ -19,15 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from execmesh.node import podstatus
 from execmesh.node.cgroups import PodCgroup, node_base
+from execmesh.node.hostfs import HostLayout, prepare_host, stage_pod
 from execmesh.node.output import LogSink, read_capped, tail
 from execmesh.node.podstatus import Outcome, timestamp
 from execmesh.node.sandbox import (
-    ETC_FILES,
-    USR_LOCAL_KEEP,
     HostPaths,
     MissingConfigMap,
     NodeLimits,
@@ -89,7 +87,7 @@ class Kubelet:
         self._cgroup_base = node_base(config.cgroup_name)
         self._slots = asyncio.Semaphore(config.max_running)
         self._pods: dict[str, _Handle] = {}  # uid -> running task
-        self._host = _host_layout()
+        self._layout: HostLayout | None = None
         self._stopping = False
 
     # -- lifecycle of the node ---------------------------------------------------------
@@ -97,7 +95,7 @@ class Kubelet:
     def start(self) -> None:
         for path in (self._run_root, self._log_root, self._etc):
             path.mkdir(parents=True, exist_ok=True)
-        _write_identity_files(self._etc)
+        self._layout = prepare_host(self._etc)
         self._recover()
 
     async def stop(self) -> None:
@@ -258,25 +256,9 @@ class Kubelet:
             self.store.drop_run(uid)
 
     def _stage(self, spec: SandboxSpec, run_dir: Path, uid: str) -> HostPaths:
-        files_dir = run_dir / "files"
-        for file in spec.files:
-            target = files_dir / file.path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.content)
-            target.chmod(file.mode & 0o777)
-        termination = run_dir / "termination-log"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        termination.touch(0o644)
-        os.chown(termination, spec.uid, spec.gid)
-        return HostPaths(
-            files_dir=files_dir,
-            termination_file=termination,
-            etc_dir=self._etc,
-            cgroup_dirs={c: self._cgroup_base[c] / uid for c in ("memory", "pids", "cpuacct")},
-            root_links=self._host["links"],
-            etc_present=self._host["etc"],
-            usr_local_keep=self._host["usr_local"],
-        )
+        assert self._layout is not None, "start() prepares the host layout"
+        cgroups = {c: self._cgroup_base[c] / uid for c in ("memory", "pids", "cpuacct")}
+        return stage_pod(spec, self._layout, run_dir, cgroups)
 
     async def _supervise(
         self,
@@ -455,28 +437,3 @@ def _node_error(pod: Obj, detail: str) -> Outcome:
         pod_reason="NodeError",
         pod_message=f"the local node could not run the pod: {detail}"[:1024],
     )
-
-
-def _host_layout() -> dict[str, Any]:
-    links = {}
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / name
-        if path.is_symlink():
-            links[f"/{name}"] = os.readlink(path)
-    return {
-        "links": links,
-        "etc": tuple(name for name in ETC_FILES if os.path.exists(f"/etc/{name}")),
-        "usr_local": tuple(n for n in USR_LOCAL_KEEP if os.path.isdir(f"/usr/local/{n}")),
-    }
-
-
-def _write_identity_files(etc: Path) -> None:
-    """A passwd and group naming only root, nobody and the sandbox user: not the host's."""
-    (etc / "passwd").write_text(
-        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        "nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-    )
-    (etc / "group").write_text("root:x:0:\nnonroot:x:65532:\nnogroup:x:65534:\n")
-    for name in ("passwd", "group"):
-        (etc / name).chmod(0o644)

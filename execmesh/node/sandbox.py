@@ -26,22 +26,6 @@ MiB = 1024 * 1024
 DEFAULT_UID = 65532
 DEFAULT_PATH = "/usr/local/go/bin:/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"
 PIDS_ANNOTATION = "execmesh.io/pids-limit"
-# /etc files that the C library, interpreters and TLS-less programs need; nothing secret.
-ETC_FILES = (
-    "alternatives",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "localtime",
-    "nsswitch.conf",
-    "host.conf",
-    "protocols",
-    "services",
-    "mime.types",
-    "timezone",
-)
-# Of /usr/local only the toolchains are part of the "image"; the rest is this host's.
-USR_LOCAL_KEEP = ("go",)
 
 
 class PodRejected(PermanentError):
@@ -237,10 +221,9 @@ class HostPaths:
 
     files_dir: Path  # holds the staged configmap files, by their in-sandbox path
     termination_file: Path
-    etc_dir: Path  # the node's generated passwd and group
+    etc_dir: Path  # the node's prepared /etc, bound whole
     cgroup_dirs: Mapping[str, Path]  # controller -> the pod's cgroup directory
     root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
-    etc_present: tuple[str, ...]
     usr_local_keep: tuple[str, ...]
 
 
@@ -253,11 +236,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     argv += ["--remount-ro", "/usr/local"]
     for path, target in host.root_links.items():
         argv += ["--symlink", target, path]
-    argv += ["--dir", "/etc"]
-    for name in host.etc_present:
-        argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    for name in ("passwd", "group"):
-        argv += ["--ro-bind", str(host.etc_dir / name), f"/etc/{name}"]
+    argv += ["--ro-bind", str(host.etc_dir), "/etc"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     made = {"/", "/usr", "/etc", "/proc", "/dev"}
     for controller, directory in host.cgroup_dirs.items():

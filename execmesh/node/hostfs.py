@@ -1,0 +1,96 @@
+"""The host side of the sandbox's filesystem: what the node prepares once, and per pod.
+
+Once per node start: one directory that becomes the pod's whole /etc (copies of the few
+files libraries need, and a passwd/group naming no host user), so the sandbox binds one
+directory instead of a dozen files. Per pod: the ConfigMap files and the termination-log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from execmesh.node.sandbox import HostPaths, SandboxSpec
+
+# /etc files that the C library and the interpreters read; nothing secret.
+ETC_FILES = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "nsswitch.conf",
+    "host.conf",
+    "hosts",
+    "protocols",
+    "services",
+    "mime.types",
+    "timezone",
+)
+# Of /usr/local only the toolchains are part of the "image"; the rest is this host's.
+USR_LOCAL_KEEP = ("go",)
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+GROUP = "root:x:0:\nnonroot:x:65532:\nnogroup:x:65534:\n"
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    etc_dir: Path
+    root_links: dict[str, str]
+    usr_local_keep: tuple[str, ...]
+
+
+def prepare_host(etc_dir: Path, host_etc: Path = Path("/etc")) -> HostLayout:
+    if etc_dir.exists():
+        shutil.rmtree(etc_dir)
+    etc_dir.mkdir(parents=True)
+    etc_dir.chmod(0o755)
+    for name in ETC_FILES:
+        source = host_etc / name
+        if source.is_symlink():
+            os.symlink(os.readlink(source), etc_dir / name)
+        elif source.is_dir():
+            shutil.copytree(source, etc_dir / name, symlinks=True)
+        elif source.is_file():
+            shutil.copy2(source, etc_dir / name)
+    for name, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS)):
+        (etc_dir / name).write_text(text)
+        (etc_dir / name).chmod(0o644)
+    links = {}
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            links[f"/{name}"] = os.readlink(path)
+    keep = tuple(n for n in USR_LOCAL_KEEP if os.path.isdir(f"/usr/local/{n}"))
+    return HostLayout(etc_dir, links, keep)
+
+
+def stage_pod(
+    spec: SandboxSpec, layout: HostLayout, run_dir: Path, cgroup_dirs: dict[str, Path]
+) -> HostPaths:
+    """Write the pod's ConfigMap files and an empty termination-log it may write."""
+    files_dir = run_dir / "files"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for file in spec.files:
+        target = files_dir / file.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.content)
+        target.chmod(file.mode & 0o777)
+    termination = run_dir / "termination-log"
+    termination.touch(0o644)
+    os.chown(termination, spec.uid, spec.gid)
+    return HostPaths(
+        files_dir=files_dir,
+        termination_file=termination,
+        etc_dir=layout.etc_dir,
+        cgroup_dirs=cgroup_dirs,
+        root_links=layout.root_links,
+        usr_local_keep=layout.usr_local_keep,
+    )
