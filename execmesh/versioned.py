@@ -66,12 +66,21 @@ class VersionedCollection:
             raise TransientError(f"reading {self.name} {key}: {error}") from error
         if latest is None:
             return None
-        return {**latest, "_id": key}
+        return {**{n: v for n, v in latest.items() if n != KEY}, "_id": key}
 
-    def save(self, key: str, document: Mapping[str, Any], read_version: int) -> int:
+    def save(
+        self,
+        key: str,
+        document: Mapping[str, Any],
+        read_version: int,
+        *,
+        refresh_head: bool = True,
+    ) -> int:
         """Store ``document`` as the version after ``read_version``; returns the new version.
 
-        ``VersionConflict`` if another writer stored that version first.
+        ``VersionConflict`` if another writer stored that version first. Without
+        ``refresh_head`` the head is left behind (one write instead of two), which is right
+        when nothing that queries use has changed: ``get`` still finds the newest version.
         """
         version = read_version + 1
         stored = {**document, "_id": _version_id(key, version), KEY: key, VERSION: version}
@@ -81,6 +90,8 @@ class VersionedCollection:
             raise VersionConflict(f"{self.name} {key} version {version}") from None
         except PyMongoError as error:
             raise TransientError(f"saving {self.name} {key}: {error}") from error
+        if not refresh_head:
+            return version
         try:
             self._advance_head(key, stored)
         except PyMongoError as error:

@@ -21,6 +21,7 @@ from execmesh.saga.machine import ACTIVE_PHASES, Applied, Phase, Saga
 from execmesh.versioned import VersionConflict, VersionedCollection
 
 COLLECTION = "sagas"
+_QUIET_PHASES = frozenset({Phase.POD_CREATED, Phase.RUNNING})
 
 
 class SagaStore(Protocol):
@@ -102,7 +103,12 @@ class MongoSagaStore:
         return None if document is None else from_document(document)
 
     def save(self, saga: Saga) -> Saga:
-        version = self.documents.save(saga.execution_id, to_document(saga), saga.version)
+        # Moving to pod_created or running changes nothing the queries look at (deadline,
+        # purge time, ticks applied), so the head may stay behind and the save is one write.
+        refresh = saga.phase not in _QUIET_PHASES
+        version = self.documents.save(
+            saga.execution_id, to_document(saga), saga.version, refresh_head=refresh
+        )
         return replace(saga, version=version)
 
     def due(self, now: datetime, limit: int) -> list[Saga]:
