@@ -107,14 +107,12 @@ later() {
 # blocks, rounded up) on a cat, because cat writes what it reads at once: head -c buffers,
 # and what it holds would be lost when a leftover process keeps the stream open.
 capture() {
-    {
-        (
-            trap '' XFSZ
-            ulimit -f $(((limit + 512) / 512))
-            exec cat
-        ) >"$run/$1" || : >"$run/$1.failed"
+    trap '' XFSZ
+    ulimit -f $(((limit + 512) / 512))
+    if ! cat >"$run/$1"; then
+        : >"$run/$1.failed"
         cat >/dev/null
-    } <"$run/$1.fifo"
+    fi <"$run/$1.fifo"
 }
 
 # Kill the recorded command and, when it leads its own process group, all it started.
@@ -138,6 +136,17 @@ value() {
     IFS= read -r _v <"$config/$1" || [ -n "$_v" ] || fail config-invalid
 }
 
+# A whole file, newlines and all, without starting a process (every one costs time).
+slurp() {
+    _v=
+    _l=
+    while IFS= read -r _l; do
+        _v="$_v$_l
+"
+    done <"$config/$1"
+    _v=$_v$_l
+}
+
 value source-file
 source=$_v
 case $source in '' | */* | . | ..) fail config-invalid ;; esac
@@ -148,9 +157,13 @@ value timeout-seconds
 timeout=$_v
 is_decimal "$timeout" || fail config-invalid
 [ -r "$config/argv" ] || fail config-missing
-argv=$(cat "$config/argv")
+slurp argv
+argv=$_v
 build=
-[ -e "$config/build-argv" ] && build=$(cat "$config/build-argv")
+if [ -e "$config/build-argv" ]; then
+    slurp build-argv
+    build=$_v
+fi
 # The interpreter (or compiler) must exist; a missing one is the platform's failure.
 eval "set -- ${build:-$argv}" || fail config-invalid
 [ "$#" -gt 0 ] || fail config-invalid
@@ -159,7 +172,7 @@ stdin=/dev/null
 [ -e "$config/stdin" ] && stdin=$config/stdin
 
 ulimit -c 0
-rm -rf "$run" "$work"
+if [ -e "$run" ] || [ -e "$work" ]; then rm -rf "$run" "$work"; fi
 mkdir -p "$run" "$work" || fail scratch-unwritable
 mkfifo "$run/stdout.fifo" "$run/stderr.fifo" || fail scratch-unwritable
 cp "$config/$source" "$work/$source" || fail scratch-unwritable
@@ -215,7 +228,12 @@ times >"$run/times-after"
 kill "$deadline"
 exec 3>&- 4>&-
 
-later "$grace" kill "$out_reader" "$err_reader"
+abandon_readers() {
+    : >"$run/abandoned"
+    kill "$out_reader" "$err_reader"
+}
+
+later "$grace" abandon_readers
 abandon=$!
 wait "$out_reader" "$err_reader"
 kill "$abandon"
@@ -238,28 +256,37 @@ for f in "$cgroup/memory.peak" "$cgroup/memory/memory.max_usage_in_bytes"; do
     fi
 done
 
-# A reader still running (output held open by a leftover process) has written only a prefix,
-# so lengths are taken once and exactly that many bytes are framed.
-printf 'execmesh-output 1\n'
+# A reader still running (output held open by a leftover process) has written only a prefix
+# and may write more, so lengths are taken once and exactly that many bytes are framed.
+wc -c "$run/stdout" "$run/stderr" >"$run/sizes"
+{ read -r stdout_size _ && read -r stderr_size _; } <"$run/sizes"
+format='%s %d %d\n'
 for stream in stdout stderr; do
-    size=$(wc -c <"$run/$stream")
-    size=$((size))
-    truncated=0
+    eval "size=\$${stream}_size"
+    flag=false
     # The copy fails when it reaches its size cap, or when the program filled /tmp first.
     if [ "$size" -gt "$limit" ] || [ -e "$run/$stream.failed" ]; then
-        truncated=1
+        flag=true
     fi
-    [ "$size" -gt "$limit" ] && size=$limit
-    printf '%s %d %d\n' "$stream" "$size" "$truncated"
-    head -c "$size" "$run/$stream"
-    printf '\n'
-    eval "${stream}_bytes=\$size ${stream}_truncated=\$truncated"
+    body=$run/$stream
+    if [ "$size" -gt "$limit" ] || [ -e "$run/abandoned" ]; then
+        [ "$size" -gt "$limit" ] && size=$limit
+        head -c "$size" "$body" >"$body.framed"
+        body=$body.framed
+    fi
+    bit=0
+    [ "$flag" = true ] && bit=1
+    # shellcheck disable=SC2059 # the format is ours: the second header follows a body
+    printf "$format" "$stream" "$size" "$bit" >"$run/$stream.header"
+    format='\n%s %d %d\n'
+    eval "${stream}_bytes=\$size ${stream}_truncated=\$flag ${stream}_body=\$body"
 done
-printf 'end\n'
+printf '\nend\n' >"$run/end"
+# One cat for the whole log: every process started costs time on the way to the result.
+printf 'execmesh-output 1\n'
+cat "$run/stdout.header" "$stdout_body" "$run/stderr.header" "$stderr_body" "$run/end"
 
-bool() { if [ "$1" = 1 ]; then echo true; else echo false; fi; }
 printf '{"v":1,"exit_code":%d,"signal":%s,"timed_out":%s,"build_failed":%s,"wall_ms":%d,"cpu_ms":%d,"peak_memory_bytes":%s,"stdout_bytes":%d,"stderr_bytes":%d,"stdout_truncated":%s,"stderr_truncated":%s}\n' \
     "$status" "$signal" "$timed_out" "$build_failed" "$wall_ms" "$cpu_ms" "$peak" \
-    "$stdout_bytes" "$stderr_bytes" "$(bool "$stdout_truncated")" "$(bool "$stderr_truncated")" \
-    >"$summary"
+    "$stdout_bytes" "$stderr_bytes" "$stdout_truncated" "$stderr_truncated" >"$summary"
 exit "$status"
