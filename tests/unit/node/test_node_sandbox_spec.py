@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execmesh.node.sandbox import (
+    DEFAULT_UID,
+    HostPaths,
+    MissingConfigMap,
+    NodeLimits,
+    PodRejected,
+    bwrap_argv,
+    launch_argv,
+    sandbox_spec,
+    validate,
+)
+from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
+from execmesh.pods.runtimes import Runtime
+
+MiB = 1024 * 1024
+RUNTIME = Runtime(
+    "python",
+    "3.11",
+    "python:3.11-slim",
+    "main.py",
+    ("python3", "main.py"),
+    ("python3", "--version"),
+    (("PYTHONDONTWRITEBYTECODE", "1"),),
+)
+
+
+def pod(**container: Any) -> dict[str, Any]:
+    base = {"name": "c", "image": "i", "command": ["/bin/sh", "-c", "true"]}
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {"containers": [{**base, **container}]},
+    }
+
+
+HOST = HostPaths(
+    files_dir=Path("/data/run/u/files"),
+    termination_file=Path("/data/run/u/termination-log"),
+    etc_dir=Path("/data/etc"),
+    cgroup_dirs={"memory": Path("/sys/fs/cgroup/memory/n/u")},
+    root_links={"/bin": "usr/bin"},
+    usr_local_keep=("go",),
+)
+
+
+def manifest_pod() -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = ExecutionSpec(
+        "e1", RUNTIME, "print(1)", limits=Limits(cpu_millicores=250, memory_bytes=128 * MiB)
+    )
+    body = build_pod(spec, "ns")
+    body["metadata"]["uid"] = "u"
+    configmap = build_configmap(spec, "ns")
+    return body, {configmap["metadata"]["name"]: configmap}
+
+
+def test_the_manifest_pod_maps_to_its_limits_uid_volumes_and_deadline() -> None:
+    body, configmaps = manifest_pod()
+    spec = sandbox_spec(body, configmaps, NodeLimits())
+    assert (spec.uid, spec.gid, spec.groups) == (65532, 65532, (65532,))
+    assert spec.memory_bytes == 128 * MiB
+    assert spec.cpu_millicores == 250
+    assert spec.pids == 128  # from the manifest's pids annotation
+    assert spec.deadline_seconds == body["spec"]["activeDeadlineSeconds"]
+    assert [(m.path, m.size_bytes) for m in spec.tmpfs] == [("/tmp", 64 * MiB)]
+    assert {f.path for f in spec.files} >= {"/execmesh/entrypoint.sh", "/execmesh/main.py"}
+    assert all(f.mode == 0o444 for f in spec.files)
+    assert spec.argv == ("/bin/sh", "/execmesh/entrypoint.sh")
+    assert spec.termination_path == "/dev/termination-log"
+    assert dict(spec.env)["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_a_pod_without_a_security_context_runs_as_the_default_non_root_uid() -> None:
+    spec = sandbox_spec(pod(), {}, NodeLimits())
+    assert (spec.uid, spec.gid, spec.groups) == (DEFAULT_UID, DEFAULT_UID, ())
+    assert [(m.path, m.size_bytes) for m in spec.tmpfs] == [("/tmp", NodeLimits().tmp_bytes)]
+    assert spec.memory_bytes is None and spec.cpu_millicores is None
+
+
+def test_the_ephemeral_storage_limit_bounds_the_default_tmp_and_the_log() -> None:
+    body = pod(resources={"limits": {"ephemeral-storage": "2Mi"}})
+    spec = sandbox_spec(body, {}, NodeLimits())
+    assert spec.tmpfs[0].size_bytes == 2 * MiB
+    assert spec.log_bytes == 2 * MiB
+
+
+def test_cpu_quantities_become_millicores() -> None:
+    for quantity, millicores in (("500m", 500), ("1", 1000), ("1.5", 1500), ("2", 2000)):
+        spec = sandbox_spec(pod(resources={"limits": {"cpu": quantity}}), {}, NodeLimits())
+        assert spec.cpu_millicores == millicores
+
+
+def test_a_missing_configmap_is_waited_for_unless_optional() -> None:
+    body = pod(volumeMounts=[{"name": "v", "mountPath": "/config"}])
+    body["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "cm"}}]
+    with pytest.raises(MissingConfigMap):
+        sandbox_spec(body, {}, NodeLimits())
+    body["spec"]["volumes"][0]["configMap"]["optional"] = True
+    assert sandbox_spec(body, {}, NodeLimits()).files == ()
+
+
+def test_configmap_items_and_sub_paths_place_single_keys() -> None:
+    configmaps = {"cm": {"data": {"a": "1", "b": "2"}}}
+    body = pod(volumeMounts=[{"name": "v", "mountPath": "/etc/app.conf", "subPath": "conf/a"}])
+    items = [{"key": "a", "path": "conf/a", "mode": 0o400}, {"key": "b", "path": "b"}]
+    body["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "cm", "items": items}}]
+    files = sandbox_spec(body, configmaps, NodeLimits()).files
+    assert [(f.path, f.content, f.mode) for f in files] == [("/etc/app.conf", b"1", 0o400)]
+
+
+def test_an_item_path_cannot_leave_its_volume() -> None:
+    body = pod(volumeMounts=[{"name": "v", "mountPath": "/config"}])
+    items = [{"key": "a", "path": "../../etc/passwd"}]
+    body["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "cm", "items": items}}]
+    with pytest.raises(PodRejected):
+        sandbox_spec(body, {"cm": {"data": {"a": "x"}}}, NodeLimits())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p["spec"]["containers"].append(dict(p["spec"]["containers"][0])),
+        lambda p: p["spec"].update(hostNetwork=True),
+        lambda p: p["spec"].update(hostPID=True),
+        lambda p: p["spec"].update(securityContext={"runAsUser": 0}),
+        lambda p: p["spec"]["containers"][0].update(securityContext={"privileged": True}),
+        lambda p: p["spec"]["containers"][0].pop("command"),
+        lambda p: p["spec"]["containers"][0].update(resources={"limits": {"memory": "lots"}}),
+    ],
+    ids=[
+        "two-containers",
+        "host-network",
+        "host-pid",
+        "root",
+        "privileged",
+        "no-command",
+        "bad-qty",
+    ],
+)
+def test_pods_the_node_cannot_run_safely_are_rejected_at_admission(change: Any) -> None:
+    body = pod()
+    change(body)
+    with pytest.raises(PodRejected):
+        validate(body)
+
+
+def test_the_sandbox_unshares_every_namespace_but_user_and_binds_only_the_image_parts() -> None:
+    body, configmaps = manifest_pod()
+    argv = bwrap_argv(sandbox_spec(body, configmaps, NodeLimits()), HOST)
+    for flag in ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"):
+        assert flag in argv
+    assert "--die-with-parent" in argv and "--new-session" in argv
+    binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
+    staged = {source for source, _ in binds if source.startswith(f"{HOST.files_dir}/")}
+    assert {source for source, _ in binds} - staged == {
+        "/usr",
+        "/usr/local/go",
+        "/data/etc",
+        "/sys/fs/cgroup/memory/n/u",
+        str(HOST.termination_file),
+    }
+    writable = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--bind"]
+    assert writable == [(str(HOST.termination_file), "/dev/termination-log")]
+    assert argv[argv.index("--remount-ro", argv.index("--bind")) + 1] == "/"
+    tmp = argv.index("/tmp") - 5
+    assert argv[tmp : tmp + 5] == ["--perms", "1777", "--size", str(64 * MiB), "--tmpfs"]
+
+
+def test_privileges_are_dropped_by_setpriv_before_the_program_starts() -> None:
+    argv = bwrap_argv(sandbox_spec(pod(), {}, NodeLimits()), HOST)
+    setpriv = argv[argv.index("--") + 1 :]
+    assert setpriv[0] == "/usr/bin/setpriv"
+    for flag in ("--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--clear-groups"):
+        assert flag in setpriv
+    assert setpriv[setpriv.index("--reuid") + 1] == "65532"
+    assert setpriv[-3:] == ["/bin/sh", "-c", "true"]
+
+
+def test_the_launcher_joins_every_cgroup_before_becoming_bubblewrap() -> None:
+    procs = [Path("/cg/memory/u/cgroup.procs"), Path("/cg/pids/u/cgroup.procs")]
+    argv = launch_argv(sandbox_spec(pod(), {}, NodeLimits()), HOST, procs)
+    assert argv[:3] == ["/bin/sh", "-c", argv[2]]
+    assert argv[4:7] == [str(procs[0]), str(procs[1]), "--"]
+    assert argv[7] == "bwrap"
