@@ -119,11 +119,13 @@ capture() {
 kill_recorded() {
     _pid=
     read -r _pid <"$run/pid" || return 0
-    is_number "$_pid" || return 0
+    # The program can write this file too: never let it turn into "kill everything" (-1).
+    is_number "$_pid" && [ "$_pid" -gt 1 ] && [ "$_pid" -ne "$$" ] || return 0
     if [ -n "$setsid" ]; then kill -KILL "-$_pid"; fi
     kill -KILL "$_pid"
 }
 
+# shellcheck disable=SC2317 # called by later
 time_out() {
     : >"$run/timed-out"
     kill_recorded
@@ -171,6 +173,8 @@ command -v "$1" >/dev/null || fail runtime-missing
 stdin=/dev/null
 [ -e "$config/stdin" ] && stdin=$config/stdin
 
+# No core dumps: they would fill /tmp. (Not POSIX, but dash, ash and bash all have it.)
+# shellcheck disable=SC3045
 ulimit -c 0
 if [ -e "$run" ] || [ -e "$work" ]; then rm -rf "$run" "$work"; fi
 mkdir -p "$run" "$work" || fail scratch-unwritable
@@ -199,10 +203,11 @@ run_recorded() {
     return "$_status"
 }
 
+# The clock's own date process must not count as the program's CPU time.
 start_clock() {
-    times >"$run/times-before"
     now_ms
     started=$_ms
+    times >"$run/times-before"
 }
 
 start_clock
@@ -222,12 +227,13 @@ if [ "$status" -eq 0 ] && [ ! -e "$run/timed-out" ]; then
     run_recorded "$@" <"$stdin"
     status=$?
 fi
+times >"$run/times-after"
 now_ms
 wall_ms=$((_ms - started))
-times >"$run/times-after"
 kill "$deadline"
 exec 3>&- 4>&-
 
+# shellcheck disable=SC2317 # called by later
 abandon_readers() {
     : >"$run/abandoned"
     kill "$out_reader" "$err_reader"
@@ -260,27 +266,32 @@ done
 # and may write more, so lengths are taken once and exactly that many bytes are framed.
 wc -c "$run/stdout" "$run/stderr" >"$run/sizes"
 { read -r stdout_size _ && read -r stderr_size _; } <"$run/sizes"
-format='%s %d %d\n'
-for stream in stdout stderr; do
-    eval "size=\$${stream}_size"
-    flag=false
+
+# frame STREAM SIZE HEADER-FORMAT: write the stream's header; _bytes, _flag and _body (the
+# file holding exactly _bytes bytes) say what follows it.
+frame() {
+    _bytes=$2
+    _flag=false
     # The copy fails when it reaches its size cap, or when the program filled /tmp first.
-    if [ "$size" -gt "$limit" ] || [ -e "$run/$stream.failed" ]; then
-        flag=true
+    if [ "$_bytes" -gt "$limit" ] || [ -e "$run/$1.failed" ]; then
+        _flag=true
     fi
-    body=$run/$stream
-    if [ "$size" -gt "$limit" ] || [ -e "$run/abandoned" ]; then
-        [ "$size" -gt "$limit" ] && size=$limit
-        head -c "$size" "$body" >"$body.framed"
-        body=$body.framed
+    _body=$run/$1
+    if [ "$_bytes" -gt "$limit" ] || [ -e "$run/abandoned" ]; then
+        [ "$_bytes" -gt "$limit" ] && _bytes=$limit
+        head -c "$_bytes" "$_body" >"$_body.framed"
+        _body=$_body.framed
     fi
-    bit=0
-    [ "$flag" = true ] && bit=1
+    _bit=0
+    [ "$_flag" = true ] && _bit=1
     # shellcheck disable=SC2059 # the format is ours: the second header follows a body
-    printf "$format" "$stream" "$size" "$bit" >"$run/$stream.header"
-    format='\n%s %d %d\n'
-    eval "${stream}_bytes=\$size ${stream}_truncated=\$flag ${stream}_body=\$body"
-done
+    printf "$3" "$1" "$_bytes" "$_bit" >"$run/$1.header"
+}
+
+frame stdout "$stdout_size" '%s %d %d\n'
+stdout_bytes=$_bytes stdout_truncated=$_flag stdout_body=$_body
+frame stderr "$stderr_size" '\n%s %d %d\n'
+stderr_bytes=$_bytes stderr_truncated=$_flag stderr_body=$_body
 printf '\nend\n' >"$run/end"
 # One cat for the whole log: every process started costs time on the way to the result.
 printf 'execmesh-output 1\n'

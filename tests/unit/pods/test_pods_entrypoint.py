@@ -399,3 +399,12 @@ def test_a_failed_build_reports_the_compilers_output_and_status(tmp_path: Path) 
     report = run.report
     assert (report.build_failed, report.exit_code, report.stdout) == (True, 1, b"")
     assert b"undefined: x" in report.stderr
+
+
+def test_the_entry_point_is_plain_posix_sh() -> None:
+    script = str(Path(__file__).parents[3] / "execmesh" / "pods" / ENTRYPOINT_KEY)
+    subprocess.run(["/bin/dash", "-n", script], check=True, timeout=30)
+    if shutil.which("busybox"):
+        subprocess.run(["busybox", "sh", "-n", script], check=True, timeout=30)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-s", "sh", script], check=True, timeout=60)
