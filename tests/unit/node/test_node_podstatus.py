@@ -24,10 +24,7 @@ def pod(**resources: Any) -> dict[str, Any]:
 def as_client_model(body: dict[str, Any]) -> client.V1Pod:
     """Deserialise as the official client does with a real API server's answer."""
 
-    class Response:
-        data = json.dumps(body)
-
-    return client.ApiClient().deserialize(Response(), "V1Pod", "application/json")
+    return client.ApiClient().deserialize(json.dumps(body), "V1Pod", "application/json")
 
 
 def test_an_accepted_pod_is_pending_with_its_container_being_created() -> None:
