@@ -8,9 +8,11 @@ backend does atomically is the uniqueness of ``_id`` on insert. So each version 
 immutable document ``<key>#<version>`` in ``<name>.versions``: whoever inserts version v + 1
 first owns it, the other gets ``DuplicateKeyError`` and retries.
 
-``<name>`` itself holds one head document per key, a copy of the latest version that queries
-(deadlines, status) can use. A head may lag behind its versions (a writer that died between
-the two writes); ``get`` reads forward from the head and repairs it, so nothing is lost.
+``<name>`` holds one head per key for queries (deadlines, status, owner): the whole latest
+version, or only ``head_fields`` of it. A head may lag behind its versions: on purpose, when a
+save changed none of the head's fields (one write instead of two), or because a writer died
+between its two writes. ``get`` always reads forward to the newest version, and rewrites the
+head only if its fields are wrong, so nothing is lost and reads stay reads.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING
@@ -42,10 +44,16 @@ class VersionConflict(Exception):
 
 
 class VersionedCollection:
-    def __init__(self, database: Database[Document], name: str) -> None:
+    def __init__(
+        self,
+        database: Database[Document],
+        name: str,
+        head_fields: Collection[str] | None = None,
+    ) -> None:
         self.name = name
         self.heads = database[name]
         self.versions = database[f"{name}.versions"]
+        self.head_fields = None if head_fields is None else frozenset(head_fields)
 
     def ensure_indexes(self) -> None:
         self.versions.create_index([(KEY, ASCENDING)])
@@ -54,13 +62,13 @@ class VersionedCollection:
         """The latest version of ``key`` (with its ``version``), or None."""
         try:
             head = self.heads.find_one({"_id": key})
-            latest = head
             version = 0 if head is None else int(head[VERSION])
-            while (
-                newer := self.versions.find_one({"_id": _version_id(key, version + 1)})
-            ) is not None:
+            latest = head if self.head_fields is None else self._version(key, version)
+            if latest is None:
+                version = 0  # a head whose versions are gone says nothing: read them all
+            while (newer := self._version(key, version + 1)) is not None:
                 latest, version = newer, version + 1
-            if latest is not head and latest is not None:
+            if latest is not None and (head is None or _content(head) != self._head(latest)):
                 self._advance_head(key, latest)
         except PyMongoError as error:
             raise TransientError(f"reading {self.name} {key}: {error}") from error
@@ -78,9 +86,8 @@ class VersionedCollection:
     ) -> int:
         """Store ``document`` as the version after ``read_version``; returns the new version.
 
-        ``VersionConflict`` if another writer stored that version first. Without
-        ``refresh_head`` the head is left behind (one write instead of two), which is right
-        when nothing that queries use has changed: ``get`` still finds the newest version.
+        ``VersionConflict`` if another writer stored that version first. Pass
+        ``refresh_head=False`` when none of the head's fields changed.
         """
         version = read_version + 1
         stored = {**document, "_id": _version_id(key, version), KEY: key, VERSION: version}
@@ -113,14 +120,29 @@ class VersionedCollection:
         if not keys:
             return 0
         try:
-            # Versions first: a head without versions still reads correctly, not the reverse.
+            # Heads first: versions left by a crash in between are found and deleted again,
+            # while a head left without its versions would hide the key's next versions.
+            deleted = self.heads.delete_many({"_id": {"$in": keys}}).deleted_count
             self.versions.delete_many({KEY: {"$in": keys}})
-            return self.heads.delete_many({"_id": {"$in": keys}}).deleted_count
         except PyMongoError as error:
             raise TransientError(f"deleting from {self.name}: {error}") from error
+        return deleted
+
+    def _version(self, key: str, version: int) -> Document | None:
+        if version < 1:
+            return None
+        return self.versions.find_one({"_id": _version_id(key, version)})
+
+    def _head(self, latest: Mapping[str, Any]) -> Document:
+        fields = self.head_fields
+        return {
+            name: value
+            for name, value in latest.items()
+            if name not in ("_id", KEY, VERSION) and (fields is None or name in fields)
+        }
 
     def _advance_head(self, key: str, latest: Mapping[str, Any]) -> None:
-        head = {name: value for name, value in latest.items() if name not in ("_id", KEY)}
+        head = {**self._head(latest), VERSION: latest[VERSION]}
         # Never moves a head backwards on MongoDB; on FerretDB a racing writer can, which only
         # makes the head lag (see the module docstring). A duplicate key means the head is
         # already at this version or later.
@@ -138,6 +160,10 @@ def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 20) -
             # Jitter, so that two contenders do not collide again in lockstep.
             time.sleep(random.uniform(0, 0.002 * number))
     raise TransientError(f"{what}: still conflicting after {attempts} attempts")
+
+
+def _content(head: Mapping[str, Any]) -> Document:
+    return {name: value for name, value in head.items() if name not in ("_id", VERSION)}
 
 
 def _version_id(key: str, version: int) -> str:

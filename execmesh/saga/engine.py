@@ -15,7 +15,7 @@ from execmesh.errors import InvalidEvent
 from execmesh.events import ExecutionPayload, Payload, PingTick
 from execmesh.mesh import Emission, IncomingEvent
 from execmesh.mongo import connect
-from execmesh.saga.machine import DeadlineCheck, Message, Policy, Saga, advance
+from execmesh.saga.machine import DeadlineCheck, Message, Policy, advance
 from execmesh.saga.store import MongoSagaStore, SagaStore
 from execmesh.settings import Settings
 from execmesh.versioned import retry_on_conflict
@@ -64,9 +64,8 @@ def check_deadlines(
     Sagas that already applied this tick are included, so a redelivered tick re-emits what
     the first delivery emitted even though those sagas are no longer due.
     """
-    candidates: dict[str, Saga] = {}
-    for saga in [*store.remembering(key, config.batch_size), *store.due(now, config.batch_size)]:
-        candidates.setdefault(saga.execution_id, saga)
+    ended = store.ended_by(key, config.batch_size)
+    candidates = dict.fromkeys([*ended, *store.due(now, config.batch_size)])
     emitted: list[Payload] = []
     for execution_id in candidates:
         emitted.extend(apply_event(store, execution_id, key, DeadlineCheck(), now, config.policy))

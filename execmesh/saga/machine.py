@@ -92,6 +92,8 @@ class Saga:
     namespace: str | None = None
     cancel_reason: str | None = None
     outcome: TerminalStatus | None = None
+    # The key of the event that finished the saga: a redelivered tick finds what it ended.
+    ended_by: str | None = None
     purge_after: datetime | None = None
     applied: tuple[Applied, ...] = ()
 
@@ -123,6 +125,8 @@ def advance(saga: Saga | None, key: str, message: Message, now: datetime, policy
     if new is None or (new == saga and not emitted):
         return Step(saga)
     remembered = (*new.applied, Applied(key, emitted))[-policy.remembered_events :]
+    if new.phase is Phase.FINISHED and (saga is None or saga.phase is not Phase.FINISHED):
+        new = replace(new, ended_by=key)
     return Step(replace(new, updated_at=now, applied=remembered), emitted, changed=True)
 
 

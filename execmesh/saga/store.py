@@ -31,12 +31,12 @@ class SagaStore(Protocol):
         """Store ``saga`` if its version is still current; returns it with the next version."""
         ...
 
-    def due(self, now: datetime, limit: int) -> list[Saga]:
-        """Active sagas whose deadline is at or before ``now``, earliest first."""
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of active sagas whose deadline is at or before ``now``, earliest first."""
         ...
 
-    def remembering(self, key: str, limit: int) -> list[Saga]:
-        """Sagas that applied the event ``key``."""
+    def ended_by(self, key: str, limit: int) -> list[str]:
+        """Ids of the sagas that the event ``key`` finished."""
         ...
 
     def purge(self, now: datetime, limit: int) -> int:
@@ -62,18 +62,19 @@ class InMemorySagaStore:
             self._sagas[saga.execution_id] = saved
             return saved
 
-    def due(self, now: datetime, limit: int) -> list[Saga]:
+    def due(self, now: datetime, limit: int) -> list[str]:
         with self._lock:
             due = [
                 s
                 for s in self._sagas.values()
                 if s.phase in ACTIVE_PHASES and s.deadline is not None and s.deadline <= now
             ]
-        return sorted(due, key=lambda s: (s.deadline or now, s.execution_id))[:limit]
+        due.sort(key=lambda s: (s.deadline or now, s.execution_id))
+        return [s.execution_id for s in due[:limit]]
 
-    def remembering(self, key: str, limit: int) -> list[Saga]:
+    def ended_by(self, key: str, limit: int) -> list[str]:
         with self._lock:
-            return [s for s in self._sagas.values() if s.applied_as(key)][:limit]
+            return sorted(s.execution_id for s in self._sagas.values() if s.ended_by == key)[:limit]
 
     def purge(self, now: datetime, limit: int) -> int:
         with self._lock:
@@ -89,43 +90,44 @@ class InMemorySagaStore:
 
 class MongoSagaStore:
     def __init__(self, database: Database[dict[str, Any]], name: str = COLLECTION) -> None:
-        self.documents = VersionedCollection(database, name)
+        self.documents = VersionedCollection(database, name, head_fields=HEAD_FIELDS)
 
     def ensure_indexes(self) -> None:
         self.documents.ensure_indexes()
-        heads = self.documents.heads
-        heads.create_index([("deadline", ASCENDING)])
-        heads.create_index([("purge_after", ASCENDING)])
-        heads.create_index([("applied_keys", ASCENDING)])
+        # Heads are few fields each; one index, because every index slows every head write.
+        self.documents.heads.create_index([("deadline", ASCENDING)])
 
     def get(self, execution_id: str) -> Saga | None:
         document = self.documents.get(execution_id)
         return None if document is None else from_document(document)
 
     def save(self, saga: Saga) -> Saga:
-        # Moving to pod_created or running changes nothing the queries look at (deadline,
-        # purge time, ticks applied), so the head may stay behind and the save is one write.
+        # Moving to pod_created or running changes no head field, so the save is one write.
         refresh = saga.phase not in _QUIET_PHASES
         version = self.documents.save(
             saga.execution_id, to_document(saga), saga.version, refresh_head=refresh
         )
         return replace(saga, version=version)
 
-    def due(self, now: datetime, limit: int) -> list[Saga]:
+    def due(self, now: datetime, limit: int) -> list[str]:
         # Only active sagas carry a deadline (it is dropped when they finish).
         query = {"deadline": {"$lte": now}}
-        return self._find(query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit)
+        return self._ids(query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit)
 
-    def remembering(self, key: str, limit: int) -> list[Saga]:
-        return self._find({"applied_keys": key}, sort=[("_id", ASCENDING)], limit=limit)
+    def ended_by(self, key: str, limit: int) -> list[str]:
+        return self._ids({"ended_by": key}, sort=[("_id", ASCENDING)], limit=limit)
 
     def purge(self, now: datetime, limit: int) -> int:
         query = {"purge_after": {"$lte": now}}
-        expired = self.documents.find_heads(query, sort=[("purge_after", ASCENDING)], limit=limit)
-        return self.documents.delete(document["_id"] for document in expired)
+        expired = self._ids(query, sort=[("purge_after", ASCENDING)], limit=limit)
+        return self.documents.delete(expired)
 
-    def _find(self, query: dict[str, Any], sort: list[tuple[str, int]], limit: int) -> list[Saga]:
-        return [from_document(d) for d in self.documents.find_heads(query, sort, limit)]
+    def _ids(self, query: dict[str, Any], sort: list[tuple[str, int]], limit: int) -> list[str]:
+        return [str(d["_id"]) for d in self.documents.find_heads(query, sort, limit)]
+
+
+# What the queries above look at; the rest of a saga lives only in its versions.
+HEAD_FIELDS = ("deadline", "purge_after", "ended_by")
 
 
 def to_document(saga: Saga) -> dict[str, Any]:
@@ -136,7 +138,6 @@ def to_document(saga: Saga) -> dict[str, Any]:
             {"key": a.key, "emitted": [{"type": p.TYPE, "data": p.to_data()} for p in a.emitted]}
             for a in saga.applied
         ],
-        "applied_keys": [a.key for a in saga.applied],
     }
     optional = {
         "user_id": saga.user_id,
@@ -147,6 +148,7 @@ def to_document(saga: Saga) -> dict[str, Any]:
         "namespace": saga.namespace,
         "cancel_reason": saga.cancel_reason,
         "outcome": None if saga.outcome is None else saga.outcome.value,
+        "ended_by": saga.ended_by,
         "purge_after": saga.purge_after,
     }
     document.update({name: value for name, value in optional.items() if value is not None})
@@ -168,6 +170,7 @@ def from_document(document: dict[str, Any]) -> Saga:
         namespace=document.get("namespace"),
         cancel_reason=document.get("cancel_reason"),
         outcome=None if outcome is None else TerminalStatus(outcome),
+        ended_by=document.get("ended_by"),
         purge_after=_utc_or_none(document.get("purge_after")),
         applied=tuple(
             Applied(

@@ -129,15 +129,20 @@ def test_due_finds_active_sagas_past_their_deadline_earliest_first(store: SagaSt
         start(store, f"e{index}", T0 + timedelta(seconds=index))
     start(store, "late", T0 + timedelta(hours=1))
     now = T0 + timedelta(seconds=40 + 3)  # timeout 10 + grace 30
-    assert [s.execution_id for s in store.due(now, 10)] == ["e0", "e1", "e2", "e3"]
-    assert [s.execution_id for s in store.due(now, 2)] == ["e0", "e1"]
+    assert store.due(now, 10) == ["e0", "e1", "e2", "e3"]
+    assert store.due(now, 2) == ["e0", "e1"]
 
 
-def test_remembering_finds_the_sagas_that_applied_an_event(store: SagaStore) -> None:
-    start(store, "e1")
-    start(store, "e2")
-    assert [s.execution_id for s in store.remembering("accepted-e2", 10)] == ["e2"]
-    assert store.remembering("never", 10) == []
+def test_ended_by_finds_the_sagas_an_event_finished(store: SagaStore) -> None:
+    for name in ("e1", "e2", "e3"):
+        start(store, name)
+    finish = ExecutionCompleted(execution_id="e2", exit_code=0)
+    apply_event(store, "e2", "done-e2", finish, T0, POLICY)
+    apply_event(
+        store, "e3", "done-e3", finish.model_copy(update={"execution_id": "e3"}), T0, POLICY
+    )
+    assert store.ended_by("done-e2", 10) == ["e2"]
+    assert store.ended_by("accepted-e1", 10) == []
 
 
 def test_purge_deletes_only_expired_sagas_in_bounded_batches(store: SagaStore) -> None:
