@@ -48,15 +48,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_node(max_running: int) -> Iterator[str]:
+def running_node(
+    max_running: int, log_level: str = "warning", log: Path | None = None
+) -> Iterator[str]:
     data = Path(tempfile.mkdtemp(prefix="bench-node-"))
     port = free_port()
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "execmesh.node.main", "--port", str(port)),
             *("--data-dir", str(data), "--max-running", str(max_running)),
-            *("--log-level", "warning"),
+            *("--log-level", log_level),
         ],
+        stderr=None if log is None else log.open("w"),
     )
     url = f"http://127.0.0.1:{port}"
     try:

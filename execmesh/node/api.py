@@ -206,6 +206,8 @@ class NodeApi:
         pod = self.store.get(POD, params["namespace"], params["name"])
         path = self.kubelet.log_path(pod)
         state = pod["status"]["containerStatuses"][0]["state"]
+        if "terminated" in state and not path.exists():
+            return Response(b"", media_type="text/plain")
         if "waiting" in state or not path.exists():
             reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
             container = pod["spec"]["containers"][0]["name"]

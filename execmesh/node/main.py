@@ -69,7 +69,15 @@ def main(argv: Sequence[str]) -> int:
     )
     app = create_app(args)
     log.info("execmesh node on http://%s:%d, data in %s", args.host, args.port, args.data_dir)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    # Watches are endless streams: on shutdown give them a second, then cut them.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
     return 0
 
 
