@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-PORTS = range(19500, 19600)
 BIN = Path(sys.executable).parent
 
 ECHO_SOURCE = """
@@ -54,14 +53,11 @@ class Sink:
 
 
 def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
+    # Ephemeral rather than a fixed range: another checkout's test run may be running too.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @contextmanager
