@@ -187,9 +187,14 @@ class CloudEventFunction(Generic[D]):
             )
             for emission in emissions
         ]
-        ids = [event.id for event in events]
-        if len(set(ids)) != len(ids):
-            raise ValueError("emissions of one type need distinct discriminators")
+        seen: set[str] = set()
+        for event in events:
+            if event.id in seen:
+                raise ValueError(
+                    f"two {event.type} emissions for subject {event.subject!r} "
+                    "need distinct discriminators"
+                )
+            seen.add(event.id)
         return events
 
     def _health(self, method: str, path: str) -> Reply:
