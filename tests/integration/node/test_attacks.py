@@ -21,6 +21,7 @@ from conftest import (
     NAMESPACE,
     Node,
     host_processes_with,
+    needs_sandbox,
     run_pod,
     shell_pod,
     terminated,
@@ -30,7 +31,7 @@ from kubernetes import client
 
 from execmesh.node.cgroups import own_cgroups
 
-pytestmark = [pytest.mark.node]
+pytestmark = [pytest.mark.node, needs_sandbox]
 
 
 def marked(script: str) -> tuple[str, str]:
@@ -250,6 +251,15 @@ def test_setuid_binaries_grant_no_privilege(core: client.CoreV1Api) -> None:
     assert status["Uid"].split() == ["65532"] * 4
     assert "uid=0" not in text
     assert text.rstrip().endswith("65532")
+    assert_nothing_left(pod, marker)
+
+
+def test_the_pod_inherits_no_file_descriptor_from_the_node(core: client.CoreV1Api) -> None:
+    script, marker = marked(
+        "exec python3 -c \"import os; print(sorted(os.listdir('/proc/self/fd')))\""
+    )
+    pod, log = run_pod(core, attack_pod(unique("fds"), script, marker))
+    assert log == b"['0', '1', '2', '3']\n"  # 3 is listdir's own
     assert_nothing_left(pod, marker)
 
 

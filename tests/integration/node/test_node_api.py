@@ -15,6 +15,7 @@ from conftest import (
     NAMESPACE,
     Node,
     host_processes_with,
+    needs_sandbox,
     run_pod,
     shell_pod,
     terminated,
@@ -24,7 +25,7 @@ from conftest import (
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-pytestmark = [pytest.mark.node]
+pytestmark = [pytest.mark.node, needs_sandbox]
 
 
 def status_of(call: object) -> tuple[int, str]:
@@ -234,6 +235,22 @@ def test_deleting_a_running_pod_kills_it_and_removes_the_object(core: client.Cor
             break
     assert types[-1] == "DELETED"
     assert host_processes_with(marker) == []
+
+
+def test_many_pods_run_at_once_and_all_finish(core: client.CoreV1Api) -> None:
+    run = uuid.uuid4().hex[:8]
+    names = [f"many-{run}-{index}" for index in range(12)]
+    for index, name in enumerate(names):
+        body = shell_pod(name, f"sleep 1; echo {index}", labels={"run": run})
+        core.create_namespaced_pod(NAMESPACE, body)
+    time.sleep(0.7)
+    running = core.list_namespaced_pod(
+        NAMESPACE, label_selector=f"run={run}", field_selector="status.phase=Running"
+    )
+    assert len(running.items) >= 4
+    for index, name in enumerate(names):
+        assert wait_terminal(core, name).status.phase == "Succeeded"
+        assert core.read_namespaced_pod_log(name, NAMESPACE) == f"{index}\n"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import NAMESPACE, terminated, unique, wait_terminal
+from conftest import NAMESPACE, needs_sandbox, terminated, unique, wait_terminal
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -17,7 +17,7 @@ from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build
 from execmesh.pods.report import parse_pod_report
 from execmesh.pods.runtimes import Runtime, available
 
-pytestmark = [pytest.mark.node]
+pytestmark = [pytest.mark.node, needs_sandbox]
 
 MiB = 1024 * 1024
 
