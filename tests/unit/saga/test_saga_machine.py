@@ -336,3 +336,10 @@ def test_every_event_delivered_twice_emits_nothing_new() -> None:
             sink.extend(step.emitted)
     assert once == twice
     assert saga is not None and saga.outcome is TerminalStatus.CANCELLED
+
+
+def test_the_event_that_finishes_a_saga_is_remembered_as_its_end() -> None:
+    step = advance(RUNNING_SAGA, "tick-9", TICK, DEADLINE, POLICY)
+    assert step.saga is not None and step.saga.ended_by == "tick-9"
+    later = advance(step.saga, "late", CREATED, DEADLINE, POLICY)
+    assert later.saga is not None and later.saga.ended_by == "tick-9"
