@@ -6,6 +6,7 @@ The module name is unique so that test modules can import it by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from execmesh.events import ExecutionSpec, Limits, PodCreateRequested
 from execmesh.kube.client import KubeClients, clients_for_url
@@ -129,8 +131,8 @@ class Sink:
             return [e for e in self.events if e.data.get("execution_id") == execution_id]
 
 
-@pytest.fixture
-def sink() -> Iterator[Sink]:
+@contextlib.contextmanager
+def running_sink() -> Iterator[Sink]:
     recorded = Sink()
 
     class Handler(BaseHTTPRequestHandler):
@@ -156,6 +158,12 @@ def sink() -> Iterator[Sink]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with running_sink() as recorded:
+        yield recorded
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -190,3 +198,12 @@ def a_request(
             output_bytes=output_bytes,
         ),
     )
+
+
+def local_config_for(node: Node, workdir: Path) -> Path:
+    """config/local.yaml with the node's port: how processes under test find this node."""
+    local = yaml.safe_load((PROJECT_ROOT / "config" / "local.yaml").read_text())
+    local["node"]["port"] = node.port
+    path = workdir / "local.yaml"
+    path.write_text(yaml.safe_dump(local))
+    return path

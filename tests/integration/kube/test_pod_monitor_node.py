@@ -62,7 +62,7 @@ class Running:
             if event.data.get("execution_id") == execution_id
         ]
 
-    def terminal(self, execution_id: str, timeout: float = 30) -> Payload:
+    def terminal(self, execution_id: str, timeout: float = 60) -> Payload:
         def arrived() -> bool:
             return any(p.TYPE in TERMINAL_EXECUTION_TYPES for p in self.events(execution_id))
 
@@ -210,7 +210,7 @@ def test_pods_that_finished_while_no_monitor_ran_are_reported_when_one_starts(
         phases = [p.status.phase for p in pods.items if p.metadata.name in mine]
         return len(phases) == 3 and set(phases) == {"Succeeded"}
 
-    wait_until(all_finished, 30, "three pods finished")
+    wait_until(all_finished, 60, "three pods finished")
     running = Running(node)
     running.thread.start()
     try:

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kube_harness import (
     NAMESPACE,
     Node,
     Sink,
     a_request,
+    local_config_for,
     needs_sandbox,
     start_node,
     wait_until,
@@ -44,10 +44,7 @@ def worker(node: Node) -> PodWorker:
 
 class MonitorProcess:
     def __init__(self, node: Node, sink: Sink, workdir: Path) -> None:
-        local = yaml.safe_load((PROJECT_ROOT / "config" / "local.yaml").read_text())
-        local["node"]["port"] = node.port
-        config = workdir / "local.yaml"
-        config.write_text(yaml.safe_dump(local))
+        config = local_config_for(node, workdir)
         self.env = {
             **os.environ,
             "K_SINK": sink.url,
@@ -139,7 +136,7 @@ def test_a_monitor_killed_mid_run_and_restarted_loses_nothing(
         assert event.subject == created.execution_id
     wait_until(
         lambda: not any(pod_exists(node, c.pod_name) for c in everything),
-        20,
+        40,
         "every reported pod deleted",
     )
 
@@ -156,12 +153,12 @@ def test_pods_are_kept_until_their_events_are_delivered(
     sink.refuse = False
     wait_until(
         lambda: all(terminal_ids(sink, c.execution_id) for c in created),
-        30,
+        60,
         "the terminal events once the sink is back",
     )
     wait_until(
         lambda: not any(pod_exists(node, c.pod_name) for c in created),
-        20,
+        40,
         "the pods deleted once reported",
     )
 
