@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, Generic, TypeAlias, TypeVar, overload
 import flask
 import functions_framework
 import werkzeug.routing
+from functions_framework import _function_registry
 
 from execmesh.errors import ConfigError, PermanentError, TransientError
 from execmesh.events import Payload, UnknownSchemaVersion
@@ -256,10 +258,9 @@ def cloud_event_function(
         reply = function.respond(request.method, request.path, headers, request.get_data())
         return to_flask_response(reply)
 
-    # functions-framework looks the signature type up by the --target name; ours is "http",
-    # which is also its default, so a target named differently still works.
     view.__name__ = view.__qualname__ = component.replace("-", "_")
     functions_framework.http(view)
+    _register_target_as_http()
     return view
 
 
@@ -279,6 +280,16 @@ def to_flask_response(reply: Reply) -> flask.Response:
     else:
         response.headers["Content-Type"] = reply.content_type
     return response
+
+
+def _register_target_as_http() -> None:
+    # functions-framework looks the signature type up by the --target name, which it puts in
+    # FUNCTION_TARGET before loading the module; a target that is an alias (``handle = saga``)
+    # would otherwise fall back to FUNCTION_SIGNATURE_TYPE, which a deployment may set to
+    # "cloudevent". setdefault: a function the module registered itself keeps its type.
+    target = os.environ.get("FUNCTION_TARGET")
+    if target:
+        _function_registry.REGISTRY_MAP.setdefault(target, _function_registry.HTTP_SIGNATURE_TYPE)
 
 
 class _NoSink:

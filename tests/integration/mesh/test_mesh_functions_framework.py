@@ -156,10 +156,11 @@ def test_a_stream_of_events_is_each_answered_202_and_emitted_once(
     assert len({headers["ce-id"] for headers, _ in sink.received}) == count
 
 
-def test_a_target_named_apart_from_the_component_is_served_the_same_way(
+def test_an_alias_target_is_served_as_http_whatever_the_signature_type_default(
     tmp_path: Path, sink: Sink
 ) -> None:
-    with running_function("served_as_handle", tmp_path, function_env(sink)) as url:
+    env = {**function_env(sink), "FUNCTION_SIGNATURE_TYPE": "cloudevent"}
+    with running_function("served_as_handle", tmp_path, env) as url:
         response = post_cancel_request(url, f"evt-{uuid.uuid4()}")
 
     assert (response.status_code, response.content) == (202, b"")

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import flask.testing
 import pytest
+from functions_framework import _function_registry
 
 from execmesh.errors import PermanentError, TransientError
 from execmesh.events import (
@@ -28,7 +29,6 @@ from execmesh.mesh import (
     derive_event_id,
     flask_app,
 )
-from execmesh.mesh.idempotency import IdempotencyStore
 from execmesh.settings import Settings
 
 CANCEL = ExecutionCancelRequested(execution_id="ex-1", reason="changed my mind")
@@ -416,12 +416,32 @@ def test_no_answer_is_ever_a_2xx_with_a_body(mesh: Mesh) -> None:
     assert all(a.data == b"" for a in answers if 200 <= a.status_code < 300)
 
 
-def test_the_view_is_registered_as_an_http_function_for_functions_framework() -> None:
-    from functions_framework import _function_registry
+def test_the_view_is_registered_as_an_http_function_for_functions_framework(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry: dict[str, str] = {}
+    monkeypatch.setattr(_function_registry, "REGISTRY_MAP", registry)
+    monkeypatch.delenv("FUNCTION_TARGET", raising=False)
 
-    store: IdempotencyStore = InMemoryIdempotencyStore()
-    runtime = Runtime(Settings(), None, store, RecordingSender())
-    view = cloud_event_function("k8s-worker", Echo(), runtime=runtime)
+    view = cloud_event_function("k8s-worker", Echo(), runtime=in_memory_runtime())
 
     assert view.__name__ == "k8s_worker"
-    assert _function_registry.REGISTRY_MAP["k8s_worker"] == "http"
+    assert registry == {"k8s_worker": "http"}
+
+
+def test_the_target_functions_framework_loads_is_registered_as_http_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = {"tick": "cloudevent"}
+    monkeypatch.setattr(_function_registry, "REGISTRY_MAP", registry)
+
+    monkeypatch.setenv("FUNCTION_TARGET", "handle")
+    cloud_event_function("saga", Echo(), runtime=in_memory_runtime())
+    monkeypatch.setenv("FUNCTION_TARGET", "tick")
+    cloud_event_function("saga", Echo(), runtime=in_memory_runtime())
+
+    assert registry == {"saga": "http", "handle": "http", "tick": "cloudevent"}
+
+
+def in_memory_runtime() -> Runtime[None]:
+    return Runtime(Settings(), None, InMemoryIdempotencyStore(), RecordingSender())
