@@ -96,6 +96,13 @@ class PodMonitor:
                 failures += 1
                 log.warning("pod API: %s; retrying in %.1fs", error, delay)
                 self._stop.wait(delay)
+            except Exception:
+                # The process's last line of defence: a monitor that stops watching loses
+                # every result from then on, so it relists and carries on instead.
+                log.exception("pod watch failed unexpectedly; relisting")
+                self.resource_version = ""
+                self._stop.wait(_delay(failures))
+                failures += 1
 
     def stop(self) -> None:
         self._stop.set()
