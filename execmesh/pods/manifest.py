@@ -99,6 +99,20 @@ class ExecutionSpec:
             )
         if any("\0" in arg for arg in self.args):
             raise InvalidExecutionSpec("arguments cannot contain NUL bytes")
+        runtime, limits = self.runtime, self.limits
+        if (
+            limits.memory_bytes < runtime.min_memory_bytes
+            or limits.tmp_bytes < runtime.min_tmp_bytes
+            or limits.timeout_seconds < runtime.min_timeout_seconds
+        ):
+            raise InvalidExecutionSpec(
+                f"{runtime.language} {runtime.version} needs at least "
+                f"{runtime.min_memory_bytes // MiB} MiB of memory, "
+                f"{runtime.min_tmp_bytes // MiB} MiB of /tmp and "
+                f"{runtime.min_timeout_seconds:g} s to build and run a program; got "
+                f"{limits.memory_bytes // MiB} MiB, {limits.tmp_bytes // MiB} MiB and "
+                f"{limits.timeout_seconds:g} s"
+            )
 
 
 def resource_name(execution_id: str) -> str:

@@ -28,6 +28,7 @@ BACKENDS: tuple[Backend, ...] = ("cluster", "local")
 
 # Every program, on either backend, runs with this PATH and nothing from the caller's.
 SANDBOX_PATH = "/usr/local/go/bin:/usr/local/bin:/usr/bin:/bin"
+_MiB = 1024 * 1024
 
 
 class UnknownRuntime(PermanentError):
@@ -45,6 +46,10 @@ class Runtime:
     env: tuple[tuple[str, str], ...] = ()
     # Run first, in the same directory; the run command then starts what it built.
     build_command: tuple[str, ...] = ()
+    # Below these a pod cannot even build the program (see ExecutionSpec's check).
+    min_memory_bytes: int = 0
+    min_tmp_bytes: int = 0
+    min_timeout_seconds: float = 0.0
 
     @property
     def key(self) -> str:
@@ -66,6 +71,7 @@ class _Language:
     version_parts: int  # 2 = major.minor, 1 = major only (Node's images are per major)
     cluster_versions: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    minimums: tuple[int, int, float] = (0, 0, 0.0)  # memory bytes, /tmp bytes, timeout
 
     def normalise(self, version: str) -> str | None:
         numbers = re.findall(r"\d+", version)
@@ -88,6 +94,9 @@ class _Language:
             version_command=(interpreter, *self.version_args),
             env=self.env,
             build_command=build,
+            min_memory_bytes=self.minimums[0],
+            min_tmp_bytes=self.minimums[1],
+            min_timeout_seconds=self.minimums[2],
         )
 
 
@@ -140,6 +149,10 @@ LANGUAGES: tuple[_Language, ...] = (
         version_parts=2,
         cluster_versions=("1.22", "1.23"),
         env=_GO_ENV,
+        # The images ship no compiled standard library: the first build compiles it, into
+        # /tmp (tens of MB of tmpfs, charged to memory), with one compile of the runtime
+        # package alone near 300 MB, and it takes seconds: measured 7 s on an idle core.
+        minimums=(512 * _MiB, 128 * _MiB, 30.0),
     ),
     _Language(
         name="ruby",

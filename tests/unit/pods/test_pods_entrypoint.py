@@ -49,6 +49,7 @@ PYTHON = Runtime(
     version_command=("/usr/bin/python3", "--version"),
 )
 KiB = 1024
+GO_SIZED = Limits(timeout_seconds=60, memory_bytes=1024 * KiB * KiB, tmp_bytes=256 * KiB * KiB)
 GO_CACHE = Path(tempfile.gettempdir()) / f"execmesh-test-gocache-{os.getuid()}"
 
 
@@ -369,7 +370,7 @@ def test_every_local_runtime_runs_a_program_through_the_entry_point(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     # Go compiles its standard library into an empty cache first: seconds, and tens of MB.
-    limits = Limits(timeout_seconds=60, tmp_bytes=256 * KiB * KiB)
+    limits = GO_SIZED
     run = run_entrypoint(
         ["/bin/dash"],
         tmp_path,
@@ -387,7 +388,7 @@ def test_a_failed_build_reports_the_compilers_output_and_status(tmp_path: Path) 
     go = [r for r in default_registry().available("local") if r.language == "go"]
     if not go:
         pytest.skip("no Go on this machine")
-    limits = Limits(timeout_seconds=60, tmp_bytes=256 * KiB * KiB)
+    limits = GO_SIZED
     run = run_entrypoint(
         ["/bin/dash"],
         tmp_path,

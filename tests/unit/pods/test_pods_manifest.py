@@ -396,8 +396,11 @@ def test_the_deadline_rounds_a_whole_second_timeout_exactly() -> None:
     assert deadline == 10 + DEADLINE_GRACE_SECONDS
 
 
+GO_LIMITS = Limits(memory_bytes=512 * MiB, tmp_bytes=128 * MiB, timeout_seconds=30)
+
+
 def test_the_image_and_environment_come_from_the_runtime() -> None:
-    built = pod(runtime=GO)
+    built = pod(runtime=GO, limits=GO_LIMITS)
     env = {e["name"]: e["value"] for e in _container(built)["env"]}
     assert _container(built)["image"] == "golang:1.23-alpine"
     assert env["PATH"] == SANDBOX_PATH
@@ -545,3 +548,24 @@ def test_objects_round_trip_through_the_official_client_models_unchanged(
     body = build()
     typed = client.deserialize(json.dumps(body), model, "application/json")
     assert client.sanitize_for_serialization(typed) == body
+
+
+def test_a_compiled_runtime_gets_its_build_command_in_the_configmap() -> None:
+    data = build_configmap(spec(runtime=GO, limits=GO_LIMITS), "ns")["data"]
+    assert data["build-argv"] == "go build -o main main.go"
+    assert data["argv"] == "./main --flag 'two words'"
+    assert "build-argv" not in build_configmap(spec(), "ns")["data"]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        Limits(memory_bytes=256 * MiB, tmp_bytes=128 * MiB, timeout_seconds=30),
+        Limits(memory_bytes=512 * MiB, tmp_bytes=64 * MiB, timeout_seconds=30),
+        Limits(memory_bytes=512 * MiB, tmp_bytes=128 * MiB, timeout_seconds=10),
+    ],
+    ids=["memory", "tmp", "timeout"],
+)
+def test_limits_below_what_the_runtime_needs_to_build_are_refused_clearly(limits: Limits) -> None:
+    with pytest.raises(InvalidExecutionSpec, match=r"go 1\.23 needs at least 512 MiB of memory"):
+        spec(runtime=GO, limits=limits)
