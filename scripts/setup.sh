@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make setup`: everything execmesh needs on a fresh machine, installed idempotently.
 #
+#   - the Debian packages in scripts/apt-packages.txt (pod interpreters, bubblewrap, busybox);
 #   - the Python virtual environment in .venv, with the project and its dev tools;
 #   - Redis, from Debian's packages;
 #   - Apache Kafka 4.x (KRaft), its jars resolved by Maven from scripts/services/pom.xml;
@@ -45,6 +46,16 @@ apt_install() {  # apt_install PACKAGE...: install the Debian packages that are 
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+}
+
+setup_packages() {  # scripts/apt-packages.txt: interpreters for local pods, the sandbox
+  local packages=() package
+  while read -r package; do
+    case $package in '' | '#'*) continue ;; esac
+    # Redis is installed by setup_redis, and only when it is a local service.
+    [ "$package" = redis-server ] || packages+=("$package")
+  done <"$ROOT/scripts/apt-packages.txt"
+  apt_install "${packages[@]}"
 }
 
 setup_python() {
@@ -111,6 +122,7 @@ setup_ferretdb() {
   rm -rf "$DATA/src"
 }
 
+setup_packages
 setup_python
 local_services=" $("$VENV/bin/python" -m execmesh.localservices local) "
 case $local_services in *" redis "*) setup_redis ;; esac
