@@ -1,4 +1,11 @@
-"""The mesh client and the function contract every execmesh function is built on."""
+"""The mesh client and the function contract every execmesh function is built on.
+
+In a function: ``cloud_event_function(component, handler, start=...)`` is the view that
+functions-framework serves; the handler gets an ``IncomingEvent`` and a ``Context`` and
+returns (or ``ctx.emit``-s) ``Emission``-s. Outside a request: ``Emitter`` (sync) or
+``build_event`` + ``AsyncHttpSender``. In tests: ``Runtime`` with ``InMemoryIdempotencyStore``
+and ``RecordingSender``, served by ``flask_app(view).test_client()``.
+"""
 
 from __future__ import annotations
 
