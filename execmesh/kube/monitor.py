@@ -164,6 +164,8 @@ class PodMonitor:
     def observe(self, pod: Mapping[str, Any]) -> None:
         """Take note of the latest state of one pod; the work happens on the pool."""
         state = read_pod(pod)
+        if self._stop.is_set():
+            return
         # A pod being deleted was given up on purpose (cancelled, or already reported).
         if state.deleting or state.uid in self._finished:
             return

@@ -51,7 +51,7 @@ class Running:
             node.clients(),
             Emitter("pod-monitor", self.sender),
             self.outputs,
-            watch_timeout_seconds=2,
+            watch_timeout_seconds=1,
         )
         self.thread = threading.Thread(target=self.monitor.run, daemon=True)
 
