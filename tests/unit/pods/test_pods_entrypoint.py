@@ -409,3 +409,45 @@ def test_the_entry_point_is_plain_posix_sh() -> None:
         subprocess.run(["busybox", "sh", "-n", script], check=True, timeout=30)
     if shutil.which("shellcheck"):
         subprocess.run(["shellcheck", "-s", "sh", script], check=True, timeout=60)
+
+
+def _run_with_broken_config(tmp_path: Path, breaks: str) -> Run:
+    spec = ExecutionSpec("test-1", SH, "echo hi")
+    config = tmp_path / "config"
+    config.mkdir()
+    for key, value in configmap_data(spec).items():
+        (config / key).write_text(value, "utf-8")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if breaks == "config":
+        (config / "timeout-seconds").unlink()
+    elif breaks == "limit":
+        (config / "output-limit-bytes").write_text("lots")
+    else:
+        (tmp_path / "a-file").write_text("where a directory must go")
+        scratch = tmp_path / "a-file" / "scratch"
+    message_file = tmp_path / "termination-log"
+    env = {
+        "PATH": SANDBOX_PATH,
+        "EXECMESH_DIR": str(config),
+        "EXECMESH_TERMINATION_LOG": str(message_file),
+        "EXECMESH_SCRATCH": str(scratch),
+    }
+    done = subprocess.run(
+        ["/bin/dash", str(config / ENTRYPOINT_KEY)], capture_output=True, env=env, timeout=30
+    )
+    return Run(done.returncode, done.stdout, message_file.read_text(), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("breaks", "reason"),
+    [("config", "config-missing"), ("limit", "config-invalid"), ("scratch", "scratch-unwritable")],
+)
+def test_an_entry_point_that_cannot_start_says_why_with_status_125(
+    tmp_path: Path, breaks: str, reason: str
+) -> None:
+    run = _run_with_broken_config(tmp_path, breaks)
+    assert run.status == 125
+    with pytest.raises(EntrypointFailed) as failure:
+        _ = run.report
+    assert failure.value.reason == reason
