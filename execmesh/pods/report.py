@@ -4,6 +4,10 @@ The entry point (entrypoint.sh) writes a one-line JSON summary as the container'
 termination message and both output streams, length-prefixed, as the pod log. Read the log
 as bytes (``read_namespaced_pod_log(..., _preload_content=False).data``): the client would
 otherwise decode it as UTF-8 and any other bytes the program printed would be lost.
+
+``signal`` is inferred as a shell and the kubelet do: an exit status of 128+N reads as signal
+N, so a program that itself exits 137 is reported as killed by SIGKILL. ``timed_out`` is only
+set when the entry point's own deadline killed the program.
 """
 
 from __future__ import annotations

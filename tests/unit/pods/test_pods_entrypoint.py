@@ -451,3 +451,14 @@ def test_an_entry_point_that_cannot_start_says_why_with_status_125(
     with pytest.raises(EntrypointFailed) as failure:
         _ = run.report
     assert failure.value.reason == reason
+
+
+def test_a_hundred_megabytes_of_output_are_cut_at_the_cap_and_the_program_ends_normally(
+    shell: list[str], tmp_path: Path
+) -> None:
+    script = "head -c 100000000 /dev/zero; head -c 100000000 /dev/zero >&2; echo done >&2"
+    run = run_entrypoint(shell, tmp_path, script, timeout=60)
+    report = run.report
+    assert (report.stdout, report.stdout_truncated) == (b"\0" * 1024 * KiB, True)
+    assert (len(report.stderr), report.stderr_truncated) == (1024 * KiB, True)
+    assert (report.exit_code, report.signal) == (0, None), "no SIGPIPE for the program"
