@@ -55,7 +55,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = DEFAULT_PARTITION
 class KafkaEventLog:
     """The ingress's EventLog: acks=all, a short linger so concurrent sends share a batch."""
 
-    def __init__(self, bootstrap: str, linger_ms: int = 0, ack_timeout: float = 5.0) -> None:
+    def __init__(self, bootstrap: str, linger_ms: int = 1, ack_timeout: float = 5.0) -> None:
         self._ack_timeout = ack_timeout
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import uvloop
 
 from execmesh.broker.dispatcher import AiohttpSender, Route, TriggerDispatcher
 from execmesh.broker.ingress import build_app
+from execmesh.broker.ingress_process import IngressProcesses
 from execmesh.broker.kafka_io import (
     DEFAULT_PARTITIONS,
     KafkaEventLog,
@@ -30,7 +32,7 @@ from execmesh.broker.kafka_io import (
 )
 from execmesh.broker.manifests import Eventing, load_eventing
 from execmesh.broker.resolve import DestinationError, resolve
-from execmesh.errors import ConfigError
+from execmesh.errors import ConfigError, TransientError
 from execmesh.settings import LocalConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class BrokerOptions:
     port: int
     partitions: int = DEFAULT_PARTITIONS
     max_pending: int = 2000
+    ingress_processes: int = 1
 
 
 def routes(eventing: Eventing, local: LocalConfig) -> list[Route]:
@@ -93,32 +96,51 @@ async def serve(options: BrokerOptions) -> None:
         for trigger, route in zip(eventing.triggers, trigger_routes, strict=True)
     ]
     topics = {broker.path: broker.topic for broker in eventing.brokers}
-    config = uvicorn.Config(
-        build_app(topics, event_log),
-        host=options.host,
-        port=options.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
+    stopping = asyncio.Event()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(topics, event_log),
+            host=options.host,
+            port=options.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
     )
-    server = uvicorn.Server(config)
-    _stop_on_signals(server)
+    _stop_on_signals(server, stopping, loop)
+    ingress = IngressProcesses(
+        options.host, options.port, topics, options.bootstrap, options.ingress_processes
+    )
     try:
         await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
-        log.info(
-            "broker ready on http://%s:%d with %d trigger(s)",
-            options.host,
-            options.port,
-            len(pairs),
-        )
-        await server.serve()
+        if options.ingress_processes == 0:
+            _ready(options, len(pairs))
+            await server.serve()
+            return
+        await asyncio.to_thread(ingress.start)
+        _ready(options, len(pairs))
+        while not stopping.is_set():
+            code = ingress.exited()
+            if code is not None:
+                raise TransientError(f"an ingress process exited with status {code}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.5)
     finally:
+        await asyncio.to_thread(ingress.stop)
         await _stop(pairs)
         await sender.aclose()
         await asyncio.to_thread(event_log.close)
 
 
-def _stop_on_signals(server: uvicorn.Server) -> None:
+def _ready(options: BrokerOptions, triggers: int) -> None:
+    log.info(
+        "broker ready on http://%s:%d with %d trigger(s)", options.host, options.port, triggers
+    )
+
+
+def _stop_on_signals(
+    server: uvicorn.Server, stopping: asyncio.Event, loop: asyncio.AbstractEventLoop
+) -> None:
     """Our own handlers: uvicorn re-raises the signal it caught once it has stopped, which
     with the default handlers would kill the process before the dispatchers drained."""
 
@@ -126,6 +148,7 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
         if not server.should_exit:
             log.info("signal %d: stopping", signum)
         server.should_exit = True
+        loop.call_soon_threadsafe(stopping.set)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
@@ -173,6 +196,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, help="default: broker.port of the local config")
     parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    parser.add_argument(
+        "--ingress-processes",
+        type=int,
+        default=1,
+        help="processes serving the ingress; 0 serves it in the dispatchers' process",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -190,6 +219,7 @@ def main(argv: list[str]) -> int:
             host=args.host,
             port=args.port or local.broker_port,
             partitions=args.partitions,
+            ingress_processes=args.ingress_processes,
         )
         routes(eventing, local)
         # uvloop: the ingress and the deliveries share one loop, and it is the hot path.
@@ -198,4 +228,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:
         log.error("%s", error)
         return 2
+    except TransientError as error:
+        log.error("broker stopped: %s", error)
+        return 1
     return 0

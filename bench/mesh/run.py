@@ -1,0 +1,346 @@
+"""Benchmark of the local broker against raw kafka-python, measured in the same run.
+
+    .venv/bin/python bench/mesh/run.py [--events N] [--rate R] [--report PATH]
+
+One hop = an event POSTed to the broker's ingress until the subscriber receives it. The same
+run measures raw kafka-python produce-then-consume (the floor any Kafka-backed broker
+stands on); "added per hop" is the broker's latency minus that floor.
+
+Throughput: N events as fast as the load generator can (32 keep-alive connections), timed
+from the first send to the last delivery. Latency: events paced at R per second, so that the
+percentiles measure the path and not a queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvloop
+import yaml
+from http_tools import Sink, binary_request, read_response
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from execmesh.settings import PROJECT_ROOT, Settings
+
+BODY = b'{"execution_id": "bench", "language": "python", "n": 1}'
+PARTITIONS = 10
+KEYS = 200
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    events_per_second: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_event: float | None = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------- raw kafka-python
+
+
+def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]:
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        {topic: {"num_partitions": PARTITIONS, "replication_factor": 1}}, wait_for_metadata=True
+    )
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    received: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = time.time_ns()
+                received.extend((int(dict(r.headers)["sent"]), now) for r in records)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+
+    def send(n: int) -> None:
+        producer.send(
+            topic,
+            value=BODY,
+            key=f"k-{n % KEYS}".encode(),
+            headers=[("sent", str(time.time_ns()).encode())],
+        )
+
+    try:
+        start = time.perf_counter()
+        for n in range(events):
+            send(n)
+        producer.flush()
+        _wait(lambda: len(received) >= events, 60)
+        throughput = Result(
+            "raw kafka-python", events / (time.perf_counter() - start), *_lat(received)
+        )
+        received.clear()
+        paced = int(rate * 4)
+        for n in range(paced):
+            _pace(start := start if n else time.perf_counter(), n, rate)
+            send(n)
+        producer.flush()
+        _wait(lambda: len(received) >= paced, 30)
+        latency = Result(f"raw kafka-python, paced {rate:.0f}/s", rate, *_lat(received))
+    finally:
+        stop.set()
+        thread.join()
+        producer.close()
+        consumer.close()
+    return throughput, latency
+
+
+def _pace(start: float, n: int, rate: float) -> None:
+    delay = start + n / rate - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _wait(done: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.01)
+
+
+def _lat(pairs: list[tuple[int, int]]) -> tuple[float, float]:
+    latencies = [(received - sent) / 1e6 for sent, received in pairs]
+    return percentile(latencies, 0.5), percentile(latencies, 0.99)
+
+
+# ---------------------------------------------------------------- the local broker
+
+
+class BrokerUnderTest:
+    def __init__(self, directory: Path, sink_port: int) -> None:
+        self.namespace = f"bench{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        eventing = directory / "eventing"
+        eventing.mkdir()
+        (eventing / "mesh.yaml").write_text(
+            yaml.safe_dump_all(
+                [
+                    {
+                        "apiVersion": "eventing.knative.dev/v1",
+                        "kind": "Broker",
+                        "metadata": {"name": "default", "namespace": self.namespace},
+                        "spec": {},
+                    },
+                    {
+                        "apiVersion": "eventing.knative.dev/v1",
+                        "kind": "Trigger",
+                        "metadata": {"name": "sink", "namespace": self.namespace},
+                        "spec": {
+                            "broker": "default",
+                            "subscriber": {"uri": f"http://127.0.0.1:{sink_port}/"},
+                        },
+                    },
+                ]
+            )
+        )
+        (directory / "local.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "namespace": self.namespace,
+                    "broker": {"name": "default", "port": self.port},
+                    "node": {"port": free_port()},
+                    "services": {},
+                }
+            )
+        )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "execmesh.cli",
+                "broker",
+                "--eventing-dir",
+                str(eventing),
+                "--local-config",
+                str(directory / "local.yaml"),
+                "--log-level",
+                "WARNING",
+                "--partitions",
+                str(PARTITIONS),
+            ],
+            cwd=PROJECT_ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("broker did not start")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+async def through_broker(events: int, rate: float) -> tuple[Result, Result]:
+    received: dict[str, tuple[int, int]] = {}
+    loop = asyncio.get_running_loop()
+    sink_port = free_port()
+    server = await loop.create_server(
+        lambda: Sink(lambda i, s, r: received.__setitem__(i, (s, r))), "127.0.0.1", sink_port
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        broker = await asyncio.to_thread(BrokerUnderTest, Path(directory), sink_port)
+        path = f"/{broker.namespace}/default"
+        try:
+            await _post_all(broker.port, path, "warm", 200, 8, None)
+            await _until(lambda: len(received) >= 200, 30)
+            received.clear()
+            cpu = broker.cpu_seconds()
+            start = time.perf_counter()
+            await _post_all(broker.port, path, "t", events, 32, None)
+            await _until(lambda: len(received) >= events, 120)
+            elapsed = time.perf_counter() - start
+            cpu_per_event = (broker.cpu_seconds() - cpu) / events * 1e6
+            throughput = Result(
+                "local broker",
+                len(received) / elapsed,
+                *_lat(list(received.values())),
+                cpu_per_event,
+            )
+            received.clear()
+            paced = int(rate * 4)
+            await _post_all(broker.port, path, "p", paced, 16, rate)
+            await _until(lambda: len(received) >= paced, 60)
+            latency = Result(
+                f"local broker, paced {rate:.0f}/s", rate, *_lat(list(received.values()))
+            )
+        finally:
+            await asyncio.to_thread(broker.stop)
+            server.close()
+    return throughput, latency
+
+
+async def _post_all(
+    port: int, path: str, prefix: str, total: int, connections: int, rate: float | None
+) -> None:
+    numbers = iter(range(total))
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for n in numbers:
+                if rate is not None:
+                    delay = start + n / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                writer.write(
+                    binary_request("127.0.0.1", port, path, f"{prefix}-{n}", f"k-{n % KEYS}", BODY)
+                )
+                status = await read_response(reader)
+                if status != 202:
+                    raise RuntimeError(f"ingress answered {status}")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+
+
+async def _until(done: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(results: list[Result], rate: float, events: int) -> str:
+    raw, raw_paced, broker, broker_paced = results
+    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+    lines = [
+        "# Local broker benchmark (bench/mesh/run.py)",
+        "",
+        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"Kafka on 127.0.0.1 (KRaft, single node). "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        f"Throughput: {events} events, 32 connections, 1 trigger, {PARTITIONS} partitions, "
+        f"{KEYS} partition keys. Latency: paced at {rate:.0f} events/s for 4 s.",
+        "",
+        "| path | events/s | p50 ms | p99 ms | broker CPU µs/event |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cpu_cell = f"{r.cpu_us_per_event:.0f}" if r.cpu_us_per_event else ""
+        lines.append(
+            f"| {r.name} | {r.events_per_second:,.0f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {cpu_cell} |"
+        )
+    lines += [
+        "",
+        "Added per hop by the broker (paced): "
+        f"p50 {broker_paced.p50_ms - raw_paced.p50_ms:+.2f} ms, "
+        f"p99 {broker_paced.p99_ms - raw_paced.p99_ms:+.2f} ms.",
+        f"Broker throughput: {broker.events_per_second:,.0f} events/s "
+        f"({broker.events_per_second / raw.events_per_second:.0%} of raw kafka-python's "
+        f"{raw.events_per_second:,.0f}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--report", type=Path, default=Path(__file__).with_name("REPORT.md"))
+    args = parser.parse_args()
+    bootstrap = Settings.from_env().kafka_bootstrap_servers
+    raw = raw_kafka(bootstrap, args.events, args.rate)
+    broker = uvloop.run(through_broker(args.events, args.rate))
+    text = report([*raw, *broker], args.rate, args.events)
+    print(text)
+    args.report.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
