@@ -207,3 +207,33 @@ def local_config_for(node: Node, workdir: Path) -> Path:
     path = workdir / "local.yaml"
     path.write_text(yaml.safe_dump(local))
     return path
+
+
+@contextlib.contextmanager
+def running_process(
+    argv: list[str], env: dict[str, str], log: Path, ready_url: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the mesh, stopped with SIGTERM (then SIGKILL) however the test ends."""
+    process = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+    def ready() -> bool:
+        assert process.poll() is None, f"{argv[0]} exited; see {log}"
+        if ready_url is None:
+            return True
+        try:
+            return httpx.get(ready_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 30, f"{' '.join(argv[:3])} ready")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
