@@ -36,6 +36,8 @@ from execmesh.events import (
     PodDeleted,
     PodDeleteRequested,
 )
+from execmesh.mongo import connect
+from execmesh.results.outputs import MongoOutputStore
 from execmesh.settings import PROJECT_ROOT, Settings
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
@@ -210,3 +212,14 @@ def test_a_delete_through_the_broker_stops_a_running_program(mesh: Mesh) -> None
     types = {e.type for e in mesh.sink.of(request.execution_id)}
     assert ExecutionCompleted.TYPE not in types
     assert mesh.dead_letters.events == []
+
+
+def test_large_output_is_stored_in_mongodb_and_the_event_carries_its_ref(mesh: Mesh) -> None:
+    request = a_request("import sys\nsys.stdout.write('z' * 200_000)")
+    submit(mesh, request)
+    completed = received(mesh, request.execution_id, ExecutionCompleted.TYPE)
+    stdout = completed.data["stdout"]
+    assert (stdout["data"], stdout["size"]) == ("", 200_000)
+    assert stdout["ref"] == f"{request.execution_id}/stdout"
+    outputs = MongoOutputStore(connect(Settings.from_env()))
+    assert outputs.load_output(stdout["ref"]) == b"z" * 200_000
