@@ -7,15 +7,15 @@ is too large to travel inline comes back as ``spilled`` bytes, which the monitor
 
 What a pod means, in order of precedence:
 
-- pod reason ``DeadlineExceeded``: execution.timed_out (the platform stopped a program that
-  ran too long, whatever its container then reported);
+- waiting on an image that cannot be pulled or named: execution.failed, image; on a
+  container the runtime cannot create or start: execution.failed, sandbox;
+- pod reason ``DeadlineExceeded``, or the entry point's report that it stopped the program at
+  its deadline: execution.timed_out, with the output so far;
 - pod reason ``Evicted``: execution.failed, evicted;
 - container terminated ``OOMKilled``: execution.failed, oom_killed;
-- an image that cannot be pulled or named, while the pod waits: execution.failed, image;
-- a container that could not be created or started, or a pod that failed without a report
-  from its entry point: execution.failed, sandbox;
-- a pod that succeeded or failed with its entry point's report: execution.completed with the
-  program's own exit code, zero or not;
+- finished without a sound report from the entry point: execution.failed, sandbox;
+- finished with its report: execution.completed with the program's own exit code, zero or
+  not (a compile error of a compiled language included: its exit code and stderr say so);
 - a running container: pod.running.
 """
 
