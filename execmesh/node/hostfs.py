@@ -73,7 +73,11 @@ def prepare_host(etc_dir: Path, host_etc: Path = Path("/etc")) -> HostLayout:
 
 
 def stage_pod(
-    spec: SandboxSpec, layout: HostLayout, run_dir: Path, cgroup_dirs: dict[str, Path]
+    spec: SandboxSpec,
+    layout: HostLayout,
+    run_dir: Path,
+    cgroup_dirs: dict[str, Path],
+    unshare_net: bool = True,
 ) -> HostPaths:
     """Write the pod's ConfigMap files and an empty termination-log it may write."""
     files_dir = run_dir / "files"
@@ -93,4 +97,5 @@ def stage_pod(
         cgroup_dirs=cgroup_dirs,
         root_links=layout.root_links,
         usr_local_keep=layout.usr_local_keep,
+        unshare_net=unshare_net,
     )

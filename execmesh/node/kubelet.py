@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from execmesh.node import podstatus
+from execmesh.node import netns, podstatus
 from execmesh.node.cgroups import PodCgroup, node_base
 from execmesh.node.hostfs import HostLayout, prepare_host, stage_pod
+from execmesh.node.netns import NetnsPool
 from execmesh.node.output import LogSink, read_capped, tail
 from execmesh.node.podstatus import Outcome, timestamp
 from execmesh.node.sandbox import (
@@ -43,7 +44,7 @@ POD = "pods"
 CONFIGMAP = "configmaps"
 TERMINATION_MESSAGE_BYTES = 4096
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
-LOG_TRUNCATED = "execmesh.io/LogTruncated"
+RUNNING_REPORT_DELAY = 0.02
 
 ImageCheck = Callable[[str], str | None]  # image -> why it cannot run here, or None
 
@@ -65,6 +66,7 @@ class KubeletConfig:
     max_running: int = 16
     cgroup_name: str = "execmesh-node"
     image_check: ImageCheck = registry_image_check
+    pool_network_namespaces: bool = True
 
 
 class Deleted(Exception):
@@ -90,6 +92,7 @@ class Kubelet:
         self._slots = asyncio.Semaphore(config.max_running)
         self._pods: dict[str, _Handle] = {}  # uid -> running task
         self._layout: HostLayout | None = None
+        self._netns = NetnsPool() if config.pool_network_namespaces and netns.supported() else None
         self._stopping = False
 
     # -- lifecycle of the node ---------------------------------------------------------
@@ -106,6 +109,8 @@ class Kubelet:
         for handle in handles:
             handle.task.cancel()
         await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
+        if self._netns is not None:
+            self._netns.close()
 
     def _recover(self) -> None:
         started = set()
@@ -253,19 +258,23 @@ class Kubelet:
         self.store.save_run(
             uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
         )
+        network = None if self._netns is None else self._netns.acquire()
         try:
-            outcome = await self._supervise(pod, spec, host, cgroup, expires, handle)
+            outcome = await self._supervise(pod, spec, host, cgroup, expires, handle, network)
             self._finish_if_present(pod, outcome)
             if handle.deleting.is_set():
                 self._forget_if_present(meta["namespace"], meta["name"])
         finally:
-            await asyncio.to_thread(_clean_up, cgroup, run_dir)
+            all_gone = await asyncio.to_thread(_clean_up, cgroup, run_dir)
             self.store.drop_run(uid)
+            if self._netns is not None and network is not None:
+                # Lent again only when nothing of this pod can still be in it.
+                (self._netns.release if all_gone else self._netns.discard)(network)
 
     def _stage(self, spec: SandboxSpec, run_dir: Path, uid: str) -> HostPaths:
         assert self._layout is not None, "start() prepares the host layout"
         cgroups = {c: self._cgroup_base[c] / uid for c in ("memory", "pids", "cpuacct")}
-        return stage_pod(spec, self._layout, run_dir, cgroups)
+        return stage_pod(spec, self._layout, run_dir, cgroups, self._netns is None)
 
     async def _supervise(
         self,
@@ -275,18 +284,32 @@ class Kubelet:
         cgroup: PodCgroup,
         expires: float | None,
         handle: _Handle,
+        network: int | None,
     ) -> Outcome:
         begun = time.perf_counter()
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         sink = LogSink(self.log_path(pod), spec.log_bytes)
         try:
-            exited = spawn(launch_argv(spec, host, cgroup.procs_files), launch_env(spec), write_fd)
+            argv, env = launch_argv(spec, host, cgroup.procs_files), launch_env(spec)
+            if self._netns is None or network is None:
+                exited = spawn(argv, env, write_fd)
+            else:
+                with self._netns.entered(network):
+                    exited = spawn(argv, env, write_fd)
         finally:
             os.close(write_fd)
         spawned = time.perf_counter()
         drained = sink.follow(read_fd)
         started_at = timestamp()
-        self._set_status_if_present(pod, lambda current: podstatus.running(current, started_at))
+        # As a kubelet's status manager batches updates, a container that is done within a
+        # few milliseconds goes from Pending straight to its terminal status.
+        report_running = asyncio.get_running_loop().call_later(
+            RUNNING_REPORT_DELAY,
+            self._set_status_if_present,
+            pod,
+            lambda current: podstatus.running(current, started_at),
+        )
+        exited.add_done_callback(lambda _: report_running.cancel())
         pod_reason, killed_by = "", None
         deleting = asyncio.ensure_future(handle.deleting.wait())
         timeout = None if expires is None else max(0.0, expires - time.monotonic())
@@ -431,10 +454,11 @@ def spawn(argv: list[str], env: dict[str, str], output_fd: int) -> asyncio.Futur
     return exited
 
 
-def _clean_up(cgroup: PodCgroup, run_dir: Path) -> None:
-    cgroup.kill_all()
+def _clean_up(cgroup: PodCgroup, run_dir: Path) -> bool:
+    all_gone = cgroup.kill_all()
     cgroup.remove()
     shutil.rmtree(run_dir, ignore_errors=True)
+    return all_gone
 
 
 def _deadline_outcome(pod: Obj, now: str) -> Outcome:

@@ -14,6 +14,7 @@ Obj = dict[str, Any]
 
 NODE_NAME = "execmesh-node"
 HOST_IP = "127.0.0.1"
+LOG_TRUNCATED = "execmesh.io/LogTruncated"  # a pod condition: the node cut the log at its cap
 
 
 def timestamp(moment: datetime | None = None) -> str:
@@ -122,9 +123,7 @@ def terminated(pod: Obj, outcome: Outcome) -> Obj:
         _condition("Ready", False, finished, "PodCompleted"),
     ]
     if outcome.log_truncated:
-        status["conditions"].append(
-            _condition("execmesh.io/LogTruncated", True, finished, "OutputOverLogCap")
-        )
+        status["conditions"].append(_condition(LOG_TRUNCATED, True, finished, "OutputOverLogCap"))
     state: Obj = {
         "exitCode": outcome.exit_code,
         "reason": container_reason(outcome),

@@ -225,10 +225,15 @@ class HostPaths:
     cgroup_dirs: Mapping[str, Path]  # controller -> the pod's cgroup directory
     root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
     usr_local_keep: tuple[str, ...]
+    # False when the node puts the pod in a network namespace of its own before bubblewrap
+    # starts (a pooled one, see netns.py); bubblewrap then keeps the one it is born in.
+    unshare_net: bool = True
 
 
 def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list[str]:
-    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net"]
+    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid"]
+    if host.unshare_net:
+        argv.append("--unshare-net")
     argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--hostname", spec.hostname]
     argv += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
     for name in host.usr_local_keep:
@@ -237,8 +242,8 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     for path, target in host.root_links.items():
         argv += ["--symlink", target, path]
     argv += ["--ro-bind", str(host.etc_dir), "/etc"]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    made = {"/", "/usr", "/etc", "/proc", "/dev"}
+    argv += ["--proc", "/proc", *DEV]
+    made = {"/", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
     for controller, directory in host.cgroup_dirs.items():
         target = f"/sys/fs/cgroup/{controller}"
         argv += [*_parent_dirs(target, made), "--ro-bind", str(directory), target]
@@ -267,6 +272,24 @@ def _parent_dirs(path: str, made: set[str]) -> list[str]:
             made.add(ancestor)
             argv += ["--perms", "0755", "--dir", ancestor]
     return argv
+
+
+# A /dev of the few devices programs use: bubblewrap's --dev also mounts a devpts instance,
+# which costs more than the rest of the sandbox's mounts together, and no pod has a tty.
+DEV = [
+    "--tmpfs",
+    "/dev",
+    *(
+        arg
+        for name in ("null", "zero", "full", "random", "urandom")
+        for arg in ("--dev-bind", f"/dev/{name}", f"/dev/{name}")
+    ),
+    *("--symlink", "/proc/self/fd", "/dev/fd"),
+    *("--symlink", "/proc/self/fd/0", "/dev/stdin"),
+    *("--symlink", "/proc/self/fd/1", "/dev/stdout"),
+    *("--symlink", "/proc/self/fd/2", "/dev/stderr"),
+    *("--perms", "1777", "--size", str(16 * MiB), "--tmpfs", "/dev/shm"),
+]
 
 
 def setpriv_argv(spec: SandboxSpec) -> list[str]:
