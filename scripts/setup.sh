@@ -55,6 +55,9 @@ setup_packages() {  # scripts/apt-packages.txt: interpreters for local pods, the
     # Redis is installed by setup_redis, and only when it is a local service.
     [ "$package" = redis-server ] || packages+=("$package")
   done <"$ROOT/scripts/apt-packages.txt"
+  # Go for local pods: the upstream toolchain in /usr/local/go when there is one (Debian's
+  # golang-go is older); the registry finds either.
+  [ -x /usr/local/go/bin/go ] || packages+=(golang-go)
   apt_install "${packages[@]}"
 }
 
