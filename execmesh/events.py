@@ -275,6 +275,14 @@ class PingTick(Payload):
     tick: bool = True
 
 
+class Untyped(Payload):
+    """Stands in for the payload of an event outside the catalogue, or one that fails its
+    model, in the few functions that must take every event as it is (recorder, dead letters);
+    they read the raw ``data`` of the event instead."""
+
+    TYPE = "*"
+
+
 CATALOGUE: Mapping[str, type[Payload]] = {
     model.TYPE: model
     for model in (

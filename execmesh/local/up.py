@@ -53,8 +53,6 @@ def main(argv: Sequence[str]) -> int:
         if args.only and process.name not in args.only:
             continue
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **process.env}
-        manager.add_process(
-            process.name, shlex.join(process.argv), env=env, cwd=str(PROJECT_ROOT)
-        )
+        manager.add_process(process.name, shlex.join(process.argv), env=env, cwd=str(PROJECT_ROOT))
     manager.loop()
     return int(manager.returncode or 0)

@@ -19,7 +19,7 @@ from cloudevents.http import CloudEvent
 
 from execmesh.errors import ConfigError
 from execmesh.events import Payload, source_of
-from execmesh.mesh.envelope import PARTITION_KEY, REPLAY_SESSION, IncomingEvent
+from execmesh.mesh.envelope import PARTITION_KEY, REPLAY_REPROCESS, REPLAY_SESSION, IncomingEvent
 
 # Fixed forever: changing it changes every derived id and breaks deduplication across versions.
 EVENT_ID_NAMESPACE = uuid.UUID("b13bf5fa-0b51-412a-b88c-c5ec32c98f24")
@@ -108,7 +108,11 @@ def event_from_emission(
     emission: Emission, cause: IncomingEvent, *, component: str, time: datetime
 ) -> OutgoingEvent:
     # A replay session follows the causal chain, so what a replayed event caused is marked too.
-    inherited = {REPLAY_SESSION: cause.replay_session} if cause.replay_session else {}
+    inherited = {
+        name: cause.extensions[name]
+        for name in (REPLAY_SESSION, REPLAY_REPROCESS)
+        if name in cause.extensions
+    }
     return build_event(
         emission.payload,
         component=component,

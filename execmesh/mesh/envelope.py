@@ -13,7 +13,7 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 
 from execmesh.errors import InvalidEvent
-from execmesh.events import Payload, parse_payload
+from execmesh.events import Payload, Untyped, parse_payload
 
 P = TypeVar("P", bound=Payload)
 
@@ -24,6 +24,8 @@ PARTITION_KEY = "partitionkey"
 # Set by the replay function on what it re-emits; see execmesh/mesh/emission.py for propagation.
 REPLAYED_FROM = "replayedfrom"
 REPLAY_SESSION = "replaysession"
+# Set when a replay session asks the pipeline to act on what it replays again.
+REPLAY_REPROCESS = "replayreprocess"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class IncomingEvent:
     subject: str | None = None
     time: datetime | None = None
     extensions: Mapping[str, str] = field(default_factory=dict)
+    # The data as received; the typed ``payload`` is what handlers normally read.
+    data: Any = None
 
     @classmethod
     def of(
@@ -89,17 +93,26 @@ class IncomingEvent:
         return f"{self.source}\n{self.id}"
 
 
-def decode_event(headers: Mapping[str, str], body: bytes) -> IncomingEvent:
-    """Decode a binary or structured HTTP CloudEvent; ``InvalidEvent`` if it can never be used."""
+def decode_event(
+    headers: Mapping[str, str], body: bytes, *, open_types: bool = False
+) -> IncomingEvent:
+    """Decode a binary or structured HTTP CloudEvent; ``InvalidEvent`` if it can never be used.
+
+    With ``open_types`` any valid CloudEvent is taken: a type outside the catalogue, a payload
+    that fails its model, or data that is not JSON gets the ``Untyped`` payload.
+    """
+    unmarshal = _json_or_text if open_types else _json_data
     try:
-        cloud_event = from_http(dict(headers), body, data_unmarshaller=_json_data)
+        cloud_event = from_http(dict(headers), body, data_unmarshaller=unmarshal)
     except GenericException as error:
         raise InvalidEvent(f"not a valid CloudEvent: {_short(error)}") from error
     attributes: dict[str, Any] = dict(cloud_event.get_attributes())
-    return validate_event(attributes, cloud_event.get_data())
+    return validate_event(attributes, cloud_event.get_data(), open_types=open_types)
 
 
-def validate_event(attributes: Mapping[str, Any], data: object) -> IncomingEvent:
+def validate_event(
+    attributes: Mapping[str, Any], data: object, *, open_types: bool = False
+) -> IncomingEvent:
     """Check CloudEvent attributes and payload already split apart by a transport binding."""
     for name in ("id", "source", "type"):
         if not isinstance(attributes.get(name), str) or not attributes[name]:
@@ -107,7 +120,7 @@ def validate_event(attributes: Mapping[str, Any], data: object) -> IncomingEvent
     if attributes.get("specversion") != "1.0":
         raise InvalidEvent(f"unsupported specversion {attributes.get('specversion')!r}")
     content_type = attributes.get("datacontenttype")
-    if content_type is not None and not _is_json(str(content_type)):
+    if content_type is not None and not _is_json(str(content_type)) and not open_types:
         raise InvalidEvent(f"datacontenttype must be application/json, not {content_type!r}")
     return IncomingEvent(
         id=attributes["id"],
@@ -120,8 +133,25 @@ def validate_event(attributes: Mapping[str, Any], data: object) -> IncomingEvent
             for name, value in attributes.items()
             if name not in CORE_ATTRIBUTES and value is not None
         },
-        payload=parse_payload(attributes["type"], data),
+        payload=_payload(attributes["type"], data, open_types),
+        data=data,
     )
+
+
+def _payload(ce_type: str, data: object, open_types: bool) -> Payload:
+    try:
+        return parse_payload(ce_type, data)
+    except InvalidEvent:
+        if open_types:
+            return Untyped()
+        raise
+
+
+def _json_or_text(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 def _json_data(raw: str | bytes) -> Any:

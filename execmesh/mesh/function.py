@@ -38,7 +38,7 @@ from execmesh.mesh.emission import (
     event_from_emission,
     parse_ce_overrides,
 )
-from execmesh.mesh.envelope import IncomingEvent, decode_event
+from execmesh.mesh.envelope import REPLAY_REPROCESS, IncomingEvent, decode_event
 from execmesh.mesh.idempotency import (
     DEFAULT_TTL,
     IdempotencyStore,
@@ -124,10 +124,12 @@ class CloudEventFunction(Generic[D]):
         start: Callable[[Settings], D],
         runtime: Runtime[D] | None = None,
         idempotency_ttl: timedelta = DEFAULT_TTL,
+        open_types: bool = False,
     ) -> None:
         self.component = component
         self.handler = handler
         self.idempotency_ttl = idempotency_ttl
+        self.open_types = open_types
         self._start = start
         self._runtime = runtime
         self._lock = threading.Lock()
@@ -145,7 +147,7 @@ class CloudEventFunction(Generic[D]):
         if method != "POST":
             return _problem(405, "method not allowed", f"{method} {path}", {"Allow": "POST"})
         try:
-            event = decode_event(headers, body)
+            event = decode_event(headers, body, open_types=self.open_types)
             self.process(event)
         except UnknownSchemaVersion as error:
             return _refused(422, error)
@@ -166,6 +168,9 @@ class CloudEventFunction(Generic[D]):
         if runtime.idempotency.is_processed(key):
             logger.info("%s: %s %s already processed", self.component, event.type, event.id)
             return False
+        if self._ignores_replay(event):
+            logger.info("%s: %s %s is a replay; ignored", self.component, event.type, event.id)
+            return False
         ctx = Context(self.component, event, runtime.deps, runtime.settings)
         returned = self.handler(event, ctx)
         outgoing = self._outgoing([*ctx.emissions, *(returned or ())], event, runtime)
@@ -177,6 +182,15 @@ class CloudEventFunction(Generic[D]):
         runtime.idempotency.mark_processed(key, self.idempotency_ttl)
         logger.debug("%s: %s %s -> %d events", self.component, event.type, event.id, len(outgoing))
         return True
+
+    def _ignores_replay(self, event: IncomingEvent) -> bool:
+        # A replay must not start a second run: the pipeline acts on replayed events only when
+        # the session asked for it. Open functions (recorder, dead letters) take everything.
+        return (
+            event.is_replay
+            and not self.open_types
+            and event.extensions.get(REPLAY_REPROCESS) != "true"
+        )
 
     def _outgoing(
         self, emissions: list[Emission], cause: IncomingEvent, runtime: Runtime[D]
@@ -218,6 +232,7 @@ def cloud_event_function(
     *,
     runtime: Runtime[None] | None = None,
     idempotency_ttl: timedelta = DEFAULT_TTL,
+    open_types: bool = False,
 ) -> View: ...
 
 
@@ -229,6 +244,7 @@ def cloud_event_function(
     start: Callable[[Settings], D],
     runtime: Runtime[D] | None = None,
     idempotency_ttl: timedelta = DEFAULT_TTL,
+    open_types: bool = False,
 ) -> View: ...
 
 
@@ -239,11 +255,13 @@ def cloud_event_function(
     start: Callable[[Settings], Any] | None = None,
     runtime: Runtime[Any] | None = None,
     idempotency_ttl: timedelta = DEFAULT_TTL,
+    open_types: bool = False,
 ) -> View:
     """The functions-framework ``http`` view of a CloudEvent handler.
 
     ``start(settings)`` builds the handler's own clients once per process; they reach the
     handler as ``ctx.deps``. Tests pass a ready ``runtime`` (in-memory store, recording sender).
+    ``open_types`` takes any valid CloudEvent, replays included (see ``decode_event``).
     """
     function = CloudEventFunction(
         component,
@@ -251,6 +269,7 @@ def cloud_event_function(
         start=start or _no_deps,
         runtime=runtime,
         idempotency_ttl=idempotency_ttl,
+        open_types=open_types,
     )
 
     def view(request: flask.Request) -> flask.Response:

@@ -10,13 +10,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from execmesh.mesh.emission import EVENT_ID_NAMESPACE, OutgoingEvent
-from execmesh.mesh.envelope import REPLAY_SESSION, REPLAYED_FROM
+from execmesh.mesh.envelope import REPLAY_REPROCESS, REPLAY_SESSION, REPLAYED_FROM
 from execmesh.replay.eventstore import EventStore, StoredEvent, record_id
 from execmesh.replay.sessions import Session, SessionStore, due_at
 
 log = logging.getLogger(__name__)
 
-REPROCESS = "replayreprocess"
 LEASE = timedelta(seconds=30)
 PREVIEW_SIZE = 10
 # Long waits are cut into slices so a pause or cancel is noticed within about this long.
@@ -33,12 +32,12 @@ def replayed_copy(event: StoredEvent, session: Session) -> OutgoingEvent:
     extensions = {
         k: v
         for k, v in event.extensions.items()
-        if k not in (REPLAYED_FROM, REPLAY_SESSION, REPROCESS)
+        if k not in (REPLAYED_FROM, REPLAY_SESSION, REPLAY_REPROCESS)
     }
     extensions[REPLAYED_FROM] = event.id
     extensions[REPLAY_SESSION] = session.id
     if session.reprocess:
-        extensions[REPROCESS] = "true"
+        extensions[REPLAY_REPROCESS] = "true"
     return OutgoingEvent(
         id=str(uuid.uuid5(EVENT_ID_NAMESPACE, f"replay\n{session.id}\n{event.source}\n{event.id}")),
         type=event.type,

@@ -114,12 +114,13 @@ def make_mesh(
     sender: RecordingSender | None = None,
     store: InMemoryIdempotencyStore | None = None,
     overrides: dict[str, str] | None = None,
+    open_types: bool = False,
 ) -> Mesh:
     handler = handler or Echo()
     store = store if store is not None else InMemoryIdempotencyStore()
     sender = sender if sender is not None else RecordingSender()
     runtime = Runtime(Settings(), None, store, sender, overrides or {})
-    view = cloud_event_function("echo", handler, runtime=runtime)
+    view = cloud_event_function("echo", handler, runtime=runtime, open_types=open_types)
     return Mesh(handler, store, sender, flask_app(view).test_client())
 
 
@@ -445,3 +446,52 @@ def test_the_target_functions_framework_loads_is_registered_as_http_too(
 
 def in_memory_runtime() -> Runtime[None]:
     return Runtime(Settings(), None, InMemoryIdempotencyStore(), RecordingSender())
+
+
+def test_a_replayed_event_is_acknowledged_without_running_the_pipeline_again(mesh: Mesh) -> None:
+    replayed = binary("evt-r", **{"ce-replayedfrom": "evt-1", "ce-replaysession": "s1"})
+
+    response = mesh.client.post("/", **replayed)
+
+    assert response.status_code == 202
+    assert mesh.handler.calls == []
+    assert mesh.sender.sent == []
+
+
+def test_a_replay_that_asks_for_reprocessing_runs_and_marks_what_it_causes(mesh: Mesh) -> None:
+    replayed = binary(
+        "evt-r",
+        **{"ce-replayedfrom": "evt-1", "ce-replaysession": "s1", "ce-replayreprocess": "true"},
+    )
+
+    assert mesh.client.post("/", **replayed).status_code == 202
+
+    assert len(mesh.handler.calls) == 1
+    assert {e.extensions["replaysession"] for e in mesh.sender.sent} == {"s1"}
+    assert {e.extensions["replayreprocess"] for e in mesh.sender.sent} == {"true"}
+
+
+def test_an_open_function_takes_unknown_types_invalid_payloads_and_text_as_they_are() -> None:
+    mesh = make_mesh(open_types=True)
+    unknown = binary("evt-u", data={"anything": 1}, **{"ce-type": "com.example.other"})
+    invalid = binary("evt-i", data={"execution_id": "NOT VALID"})
+    text = {
+        "headers": {**binary("evt-t")["headers"], "content-type": "text/plain"},  # type: ignore[dict-item]
+        "data": "not json",
+    }
+
+    for request in (unknown, invalid, text):
+        assert mesh.client.post("/", **request).status_code == 202
+
+    assert [e.payload.TYPE for e in mesh.handler.calls] == ["*", "*", "*"]
+    assert [e.data for e in mesh.handler.calls] == [
+        {"anything": 1},
+        {"execution_id": "NOT VALID"},
+        "not json",
+    ]
+
+
+def test_a_closed_function_refuses_what_an_open_one_takes(mesh: Mesh) -> None:
+    unknown = binary("evt-u", data={"anything": 1}, **{"ce-type": "com.example.other"})
+
+    assert mesh.client.post("/", **unknown).status_code == 400
