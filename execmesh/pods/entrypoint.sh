@@ -22,7 +22,12 @@
 #     "end\n"
 #   its exit status: the program's (128+N when signal N killed it); 125 when the entry
 #     point itself failed, and then the summary is {"v":1,"error":"<reason>"} instead.
-# Scratch space: EXECMESH_SCRATCH (default /tmp); cgroup files: EXECMESH_CGROUP_ROOT.
+# The summary's wall and CPU times are the program's own (after any build); its peak memory
+# is the container's cgroup's (memory.peak on v2, memory/memory.max_usage_in_bytes on v1),
+# null when unreadable. The program runs in $EXECMESH_SCRATCH/work, holding a copy of its
+# source, as the leader of a process group (setsid) that is killed when it ends, or when
+# the deadline passes (timed_out). Scratch space: EXECMESH_SCRATCH (default /tmp); cgroup
+# files: EXECMESH_CGROUP_ROOT (default /sys/fs/cgroup).
 
 set -u
 config=${EXECMESH_DIR:-/execmesh}
