@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from execmesh.errors import ConfigError
+from execmesh.kube.client import build_clients
+from execmesh.settings import Settings
+
+
+def test_the_local_backend_talks_to_the_node_of_the_local_config() -> None:
+    clients = build_clients(Settings.from_env({"EXECMESH_POD_BACKEND": "local"}))
+    assert clients.core.api_client.configuration.host == "http://127.0.0.1:8081"
+    assert clients.networking.api_client is clients.core.api_client
+    assert (clients.backend, clients.namespace) == ("local", "execmesh")
+
+
+def test_the_executor_namespace_comes_from_the_settings() -> None:
+    settings = Settings.from_env({"EXECMESH_POD_NAMESPACE": "runs"})
+    assert build_clients(settings).namespace == "runs"
+
+
+def test_a_cluster_backend_reads_the_kubeconfig(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    settings = Settings.from_env({"EXECMESH_POD_BACKEND": "cluster", "KUBECONFIG": str(kubeconfig)})
+    clients = build_clients(settings)
+    assert clients.backend == "cluster"
+    assert clients.core.api_client.configuration.host == "https://10.0.0.1:6443"
+
+
+@pytest.mark.skipif(
+    "KUBERNETES_SERVICE_HOST" in os.environ, reason="inside a pod, in-cluster config exists"
+)
+def test_a_cluster_backend_without_any_configuration_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no usable cluster configuration"):
+        build_clients(Settings.from_env({"EXECMESH_POD_BACKEND": "cluster"}))
+
+
+def test_an_unknown_backend_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="EXECMESH_POD_BACKEND"):
+        build_clients(Settings.from_env({"EXECMESH_POD_BACKEND": "docker"}))
