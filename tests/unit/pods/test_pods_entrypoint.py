@@ -22,12 +22,15 @@ from execmesh.pods.manifest import ENTRYPOINT_KEY, ExecutionSpec, Limits, config
 from execmesh.pods.report import EntrypointFailed, PodReport, parse_pod_report
 from execmesh.pods.runtimes import SANDBOX_PATH, Runtime, default_registry
 
+BUSYBOX = shutil.which("busybox")
 SHELLS = [
     pytest.param(["/bin/dash"], id="dash"),
+    # As in an Alpine image: busybox's sh and busybox's applets (cat, head, date, setsid...)
+    # ahead of anything else on the PATH.
     pytest.param(
-        ["busybox", "sh"],
+        ["busybox-applets"],
         id="busybox",
-        marks=pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox missing"),
+        marks=pytest.mark.skipif(not BUSYBOX, reason="busybox missing"),
     ),
     pytest.param(["/bin/bash", "--posix"], id="bash"),
 ]
@@ -66,8 +69,14 @@ class Run:
 
 
 @pytest.fixture(params=SHELLS)
-def shell(request: pytest.FixtureRequest) -> list[str]:
+def shell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     argv: list[str] = request.param
+    if argv == ["busybox-applets"]:
+        applets = tmp_path_factory.getbasetemp() / "busybox-applets"
+        if not applets.exists():
+            applets.mkdir()
+            subprocess.run([str(BUSYBOX), "--install", "-s", str(applets)], check=True)
+        return ["/usr/bin/env", f"PATH={applets}:{SANDBOX_PATH}", str(BUSYBOX), "sh"]
     return argv
 
 
