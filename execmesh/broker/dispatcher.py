@@ -20,7 +20,7 @@ import aiohttp
 
 from execmesh.broker.cloudevent import Event, from_http, is_cloudevent_response, to_binary_headers
 from execmesh.broker.delivery import Delivery, backoff, is_retriable
-from execmesh.broker.filters import Filter, matches
+from execmesh.broker.filters import MATCH_ALL, Filter, matches
 from execmesh.broker.ingress import EventLog
 from execmesh.broker.kafka_binding import to_record
 from execmesh.errors import ExecmeshError, InvalidEvent
@@ -59,6 +59,7 @@ class AiohttpSender:
             connector=aiohttp.TCPConnector(limit=max_connections),
             auto_decompress=False,
         )
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout: float
@@ -68,7 +69,7 @@ class AiohttpSender:
                 url,
                 headers=headers,
                 data=body,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=self._timeout(timeout),
                 # An event without datacontenttype must not gain one on the way.
                 skip_auto_headers=("Content-Type",),
                 allow_redirects=False,
@@ -78,6 +79,12 @@ class AiohttpSender:
         except (aiohttp.ClientError, TimeoutError) as error:
             raise SendFailed(f"{type(error).__name__}: {error}") from error
         return Response(reply.status, reply_headers, content)
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        cached = self._timeouts.get(seconds)
+        if cached is None:
+            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return cached
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -152,6 +159,7 @@ class TriggerDispatcher:
         self._event_log = event_log
         self._finished = finished
         self._sleep = sleep
+        self._takes_all = route.filter == MATCH_ALL
         self._lanes: dict[tuple[int, bytes], deque[tuple[int, Event | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.pending = 0
@@ -194,7 +202,7 @@ class TriggerDispatcher:
             del self._lanes[partition, key]
 
     async def _one(self, partition: int, offset: int, event: Event | None) -> None:
-        if event is not None and matches(self.route.filter, event.attributes):
+        if event is not None and (self._takes_all or matches(self.route.filter, event.attributes)):
             await self.process(event)
         self.pending -= 1
         self._finished(partition, offset)
