@@ -9,10 +9,12 @@ immutable document ``<key>#<version>`` in ``<name>.versions``: whoever inserts v
 first owns it, the other gets ``DuplicateKeyError`` and retries.
 
 ``<name>`` holds one head per key for queries (deadlines, status, owner): the whole latest
-version, or only ``head_fields`` of it. A head may lag behind its versions: on purpose, when a
-save changed none of the head's fields (one write instead of two), or because a writer died
-between its two writes. ``get`` always reads forward to the newest version, and rewrites the
-head only if its fields are wrong, so nothing is lost and reads stay reads.
+version, or only ``head_fields`` of it, and only for keys whose latest version passes
+``head_if`` (queries scan every head on FerretDB, so heads are kept few and small). A head may
+lag behind its versions: on purpose, when a save changed none of the head's fields (one write
+instead of two), or because a writer died between its two writes. ``get`` always reads
+forward to the newest version, and rewrites the head only if it is wrong, so nothing is lost
+and reads stay reads.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ class VersionedCollection:
         database: Database[Document],
         name: str,
         head_fields: Collection[str] | None = None,
+        head_if: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         self.name = name
         self.heads = database[name]
         self.versions = database[f"{name}.versions"]
         self.head_fields = None if head_fields is None else frozenset(head_fields)
+        self.head_if = head_if
 
     def ensure_indexes(self) -> None:
         self.versions.create_index([(KEY, ASCENDING)])
@@ -68,8 +72,8 @@ class VersionedCollection:
                 version = 0  # a head whose versions are gone says nothing: read them all
             while (newer := self._version(key, version + 1)) is not None:
                 latest, version = newer, version + 1
-            if latest is not None and (head is None or _content(head) != self._head(latest)):
-                self._advance_head(key, latest)
+            if latest is not None:
+                self._repair_head(key, head, latest)
         except PyMongoError as error:
             raise TransientError(f"reading {self.name} {key}: {error}") from error
         if latest is None:
@@ -100,7 +104,7 @@ class VersionedCollection:
         if not refresh_head:
             return version
         try:
-            self._advance_head(key, stored)
+            self._set_head(key, stored)
         except PyMongoError as error:
             # The version is saved; the head catches up on the next read of this key.
             raise TransientError(f"saving {self.name} {key} head: {error}") from error
@@ -140,6 +144,22 @@ class VersionedCollection:
             for name, value in latest.items()
             if name not in ("_id", KEY, VERSION) and (fields is None or name in fields)
         }
+
+    def _repair_head(self, key: str, head: Document | None, latest: Mapping[str, Any]) -> None:
+        if not self._wants_head(latest):
+            if head is not None:
+                self._set_head(key, latest)
+        elif head is None or _content(head) != self._head(latest):
+            self._set_head(key, latest)
+
+    def _wants_head(self, latest: Mapping[str, Any]) -> bool:
+        return self.head_if is None or self.head_if(latest)
+
+    def _set_head(self, key: str, latest: Mapping[str, Any]) -> None:
+        if self._wants_head(latest):
+            self._advance_head(key, latest)
+        else:
+            self.heads.delete_one({"_id": key, VERSION: {"$lte": latest[VERSION]}})
 
     def _advance_head(self, key: str, latest: Mapping[str, Any]) -> None:
         head = {**self._head(latest), VERSION: latest[VERSION]}

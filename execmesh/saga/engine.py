@@ -7,6 +7,7 @@ re-emits the same events (their ids derive from the input id, consumers deduplic
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 class SagaConfig:
     policy: Policy
     batch_size: int = 100
+    # Purging scans every retired saga; once in a while is plenty.
+    purge_one_tick_in: int = 10
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SagaConfig:
@@ -59,19 +62,25 @@ def apply_event(
 def check_deadlines(
     store: SagaStore, key: str, now: datetime, config: SagaConfig
 ) -> tuple[Payload, ...]:
-    """On the tick ``key``: end the sagas past their deadline (one bounded batch), purge old ones.
+    """On the tick ``key``: end the sagas past their deadline (one bounded batch).
 
-    Sagas that already applied this tick are included, so a redelivered tick re-emits what
-    the first delivery emitted even though those sagas are no longer due.
+    Which sagas a tick ends is recorded before they are ended, so a redelivered tick re-emits
+    exactly what the first delivery emitted, even though those sagas are no longer due. Old
+    sagas are purged on one tick in ``purge_one_tick_in``, chosen by the tick's id.
     """
-    ended = store.ended_by(key, config.batch_size)
-    candidates = dict.fromkeys([*ended, *store.due(now, config.batch_size)])
+    targets = store.tick_targets(key)
+    if targets is None:
+        targets = store.due(now, config.batch_size)
+        if targets:
+            store.record_tick(key, targets, now + config.policy.retention)
     emitted: list[Payload] = []
-    for execution_id in candidates:
+    for execution_id in targets:
         emitted.extend(apply_event(store, execution_id, key, DeadlineCheck(), now, config.policy))
-    purged = store.purge(now, config.batch_size)
-    if candidates or purged:
-        logger.info("deadline check: %d due, %d purged", len(candidates), purged)
+    purged = 0
+    if zlib.crc32(key.encode()) % config.purge_one_tick_in == 0:
+        purged = store.purge(now, config.batch_size)
+    if targets or purged:
+        logger.info("deadline check: %d timed out, %d purged", len(targets), purged)
     return tuple(emitted)
 
 

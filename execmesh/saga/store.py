@@ -9,18 +9,22 @@ handling events of the same execution never overwrite each other: the loser gets
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
+from execmesh.errors import TransientError
 from execmesh.events import TerminalStatus, parse_payload
 from execmesh.saga.machine import ACTIVE_PHASES, Applied, Phase, Saga
 from execmesh.versioned import VersionConflict, VersionedCollection
 
 COLLECTION = "sagas"
+T = TypeVar("T")
 _QUIET_PHASES = frozenset({Phase.POD_CREATED, Phase.RUNNING})
 
 
@@ -35,18 +39,23 @@ class SagaStore(Protocol):
         """Ids of active sagas whose deadline is at or before ``now``, earliest first."""
         ...
 
-    def ended_by(self, key: str, limit: int) -> list[str]:
-        """Ids of the sagas that the event ``key`` finished."""
+    def record_tick(self, key: str, execution_ids: list[str], purge_after: datetime) -> None:
+        """Remember which sagas the tick ``key`` is about to end."""
+        ...
+
+    def tick_targets(self, key: str) -> list[str] | None:
+        """What ``record_tick`` remembered for ``key``; None for a tick never seen."""
         ...
 
     def purge(self, now: datetime, limit: int) -> int:
-        """Delete up to ``limit`` sagas whose ``purge_after`` has passed."""
+        """Delete up to ``limit`` sagas (and tick records) whose ``purge_after`` has passed."""
         ...
 
 
 class InMemorySagaStore:
     def __init__(self) -> None:
         self._sagas: dict[str, Saga] = {}
+        self._ticks: dict[str, tuple[list[str], datetime]] = {}
         self._lock = threading.Lock()
 
     def get(self, execution_id: str) -> Saga | None:
@@ -72,9 +81,14 @@ class InMemorySagaStore:
         due.sort(key=lambda s: (s.deadline or now, s.execution_id))
         return [s.execution_id for s in due[:limit]]
 
-    def ended_by(self, key: str, limit: int) -> list[str]:
+    def record_tick(self, key: str, execution_ids: list[str], purge_after: datetime) -> None:
         with self._lock:
-            return sorted(s.execution_id for s in self._sagas.values() if s.ended_by == key)[:limit]
+            self._ticks[key] = (list(execution_ids), purge_after)
+
+    def tick_targets(self, key: str) -> list[str] | None:
+        with self._lock:
+            recorded = self._ticks.get(key)
+        return None if recorded is None else list(recorded[0])
 
     def purge(self, now: datetime, limit: int) -> int:
         with self._lock:
@@ -85,49 +99,82 @@ class InMemorySagaStore:
             ][:limit]
             for execution_id in expired:
                 del self._sagas[execution_id]
+            for key in [k for k, (_, until) in self._ticks.items() if until <= now][:limit]:
+                del self._ticks[key]
         return len(expired)
 
 
 class MongoSagaStore:
+    """Sagas in ``sagas`` (heads: only active sagas, with their deadline) and its versions.
+
+    ``sagas.retired`` lists the sagas that may be purged and when, ``sagas.ticks`` which sagas
+    each tick ended; both are small, because FerretDB answers every query by a scan.
+    """
+
     def __init__(self, database: Database[dict[str, Any]], name: str = COLLECTION) -> None:
-        self.documents = VersionedCollection(database, name, head_fields=HEAD_FIELDS)
+        self.documents = VersionedCollection(
+            database, name, head_fields=("deadline",), head_if=_is_active
+        )
+        self.retired = database[f"{name}.retired"]
+        self.ticks = database[f"{name}.ticks"]
 
     def ensure_indexes(self) -> None:
         self.documents.ensure_indexes()
-        # Heads are few fields each; one index, because every index slows every head write.
+        # One index per collection at most: every index slows every write on FerretDB.
         self.documents.heads.create_index([("deadline", ASCENDING)])
+        self.retired.create_index([("purge_after", ASCENDING)])
 
     def get(self, execution_id: str) -> Saga | None:
         document = self.documents.get(execution_id)
         return None if document is None else from_document(document)
 
     def save(self, saga: Saga) -> Saga:
-        # Moving to pod_created or running changes no head field, so the save is one write.
-        refresh = saga.phase not in _QUIET_PHASES
+        # Moving to pod_created or running changes no deadline, so the save is one write.
+        quiet = saga.phase in _QUIET_PHASES
         version = self.documents.save(
-            saga.execution_id, to_document(saga), saga.version, refresh_head=refresh
+            saga.execution_id, to_document(saga), saga.version, refresh_head=not quiet
         )
+        if saga.purge_after is not None:
+            self._write(
+                lambda: self.retired.replace_one(
+                    {"_id": saga.execution_id}, {"purge_after": saga.purge_after}, upsert=True
+                )
+            )
         return replace(saga, version=version)
 
     def due(self, now: datetime, limit: int) -> list[str]:
-        # Only active sagas carry a deadline (it is dropped when they finish).
         query = {"deadline": {"$lte": now}}
-        return self._ids(query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit)
+        heads = self.documents.find_heads(query, [("deadline", ASCENDING)], limit)
+        return [str(head["_id"]) for head in heads]
 
-    def ended_by(self, key: str, limit: int) -> list[str]:
-        return self._ids({"ended_by": key}, sort=[("_id", ASCENDING)], limit=limit)
+    def record_tick(self, key: str, execution_ids: list[str], purge_after: datetime) -> None:
+        document = {"execution_ids": execution_ids, "purge_after": purge_after}
+        self._write(lambda: self.ticks.replace_one({"_id": key}, document, upsert=True))
+
+    def tick_targets(self, key: str) -> list[str] | None:
+        document = self._write(lambda: self.ticks.find_one({"_id": key}))
+        return None if document is None else [str(i) for i in document["execution_ids"]]
 
     def purge(self, now: datetime, limit: int) -> int:
-        query = {"purge_after": {"$lte": now}}
-        expired = self._ids(query, sort=[("purge_after", ASCENDING)], limit=limit)
-        return self.documents.delete(expired)
+        expired = {"purge_after": {"$lte": now}}
+        retired = self._write(lambda: list(self.retired.find(expired).limit(limit)))
+        ids = [str(document["_id"]) for document in retired]
+        if ids:
+            self.documents.delete(ids)
+        # Listed until their versions are gone, so a purge cut short is finished next time.
+        purged = self._write(lambda: self.retired.delete_many({"_id": {"$in": ids}}))
+        self._write(lambda: self.ticks.delete_many(expired))
+        return purged.deleted_count
 
-    def _ids(self, query: dict[str, Any], sort: list[tuple[str, int]], limit: int) -> list[str]:
-        return [str(d["_id"]) for d in self.documents.find_heads(query, sort, limit)]
+    def _write(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except PyMongoError as error:
+            raise TransientError(f"sagas: {error}") from error
 
 
-# What the queries above look at; the rest of a saga lives only in its versions.
-HEAD_FIELDS = ("deadline", "purge_after", "ended_by")
+def _is_active(document: Mapping[str, Any]) -> bool:
+    return document.get("deadline") is not None
 
 
 def to_document(saga: Saga) -> dict[str, Any]:

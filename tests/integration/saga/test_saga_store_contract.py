@@ -133,16 +133,19 @@ def test_due_finds_active_sagas_past_their_deadline_earliest_first(store: SagaSt
     assert store.due(now, 2) == ["e0", "e1"]
 
 
-def test_ended_by_finds_the_sagas_an_event_finished(store: SagaStore) -> None:
-    for name in ("e1", "e2", "e3"):
-        start(store, name)
-    finish = ExecutionCompleted(execution_id="e2", exit_code=0)
-    apply_event(store, "e2", "done-e2", finish, T0, POLICY)
-    apply_event(
-        store, "e3", "done-e3", finish.model_copy(update={"execution_id": "e3"}), T0, POLICY
-    )
-    assert store.ended_by("done-e2", 10) == ["e2"]
-    assert store.ended_by("accepted-e1", 10) == []
+def test_a_tick_record_reads_back_and_an_unknown_tick_has_none(store: SagaStore) -> None:
+    assert store.tick_targets("tick-1") is None
+    store.record_tick("tick-1", ["e2", "e1"], T0)
+    assert store.tick_targets("tick-1") == ["e2", "e1"]
+
+
+def test_a_finished_saga_is_no_longer_due_and_reads_back_finished(store: SagaStore) -> None:
+    start(store, "e1")
+    finish = ExecutionCompleted(execution_id="e1", exit_code=0)
+    apply_event(store, "e1", "done-e1", finish, T0, POLICY)
+    assert store.due(T0 + timedelta(days=1), 10) == []
+    saga = store.get("e1")
+    assert saga is not None and saga.phase is Phase.FINISHED and saga.ended_by == "done-e1"
 
 
 def test_purge_deletes_only_expired_sagas_in_bounded_batches(store: SagaStore) -> None:
@@ -150,16 +153,31 @@ def test_purge_deletes_only_expired_sagas_in_bounded_batches(store: SagaStore) -
         store.save(Saga(f"old{index}", Phase.FINISHED, T0, purge_after=T0))
     store.save(Saga("young", Phase.FINISHED, T0, purge_after=T0 + timedelta(hours=2)))
     store.save(Saga("active", Phase.RUNNING, T0, deadline=T0))
+    store.record_tick("old-tick", ["old0"], T0)
+    store.record_tick("young-tick", ["young"], T0 + timedelta(hours=2))
     assert store.purge(T0, 2) == 2
     assert store.purge(T0, 2) == 1
     assert store.purge(T0, 2) == 0
+    assert [store.get(f"old{index}") for index in range(3)] == [None, None, None]
     assert store.get("young") is not None and store.get("active") is not None
+    assert store.tick_targets("old-tick") is None
+    assert store.tick_targets("young-tick") == ["young"]
+
+
+def test_a_purged_saga_starts_afresh(store: SagaStore) -> None:
+    start(store, "e1")
+    apply_event(store, "e1", "done", ExecutionCompleted(execution_id="e1", exit_code=0), T0, POLICY)
+    assert store.purge(T0 + timedelta(days=1), 10) == 1
+    assert store.get("e1") is None
+    start(store, "e1", T0 + timedelta(days=2))
+    saga = store.get("e1")
+    assert saga is not None and saga.phase is Phase.POD_REQUESTED and saga.version == 1
 
 
 def test_the_deadline_check_times_out_due_sagas_and_is_safe_to_redeliver(store: SagaStore) -> None:
     start(store, "e1")
     start(store, "e2", T0 + timedelta(minutes=10))
-    config = SagaConfig(policy=POLICY, batch_size=10)
+    config = SagaConfig(policy=POLICY, batch_size=10, purge_one_tick_in=1)
     now = T0 + timedelta(seconds=41)
     first = check_deadlines(store, "tick-1", now, config)
     assert [(type(p).__name__, p.execution_id) for p in first] == [  # type: ignore[attr-defined]

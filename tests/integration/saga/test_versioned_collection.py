@@ -87,3 +87,17 @@ def test_racing_writers_never_lose_an_increment(documents: VersionedCollection) 
     final = documents.get("counter")
     assert final is not None and final["n"] == 40 and final["version"] == 41
     assert conflicts, "the writers never raced: the test proves nothing"
+
+
+def test_only_documents_that_pass_head_if_have_a_head(
+    mongo_database: Database[dict[str, Any]],
+) -> None:
+    documents = VersionedCollection(
+        mongo_database, "open", head_fields=("due",), head_if=lambda d: d.get("due") is not None
+    )
+    documents.save("k", {"due": 5, "body": "x" * 100}, 0)
+    assert list(documents.heads.find()) == [{"_id": "k", "due": 5, "version": 1}]
+    documents.save("k", {"body": "done"}, 1)
+    assert list(documents.heads.find()) == []
+    assert documents.get("k") == {"_id": "k", "body": "done", "version": 2}
+    assert list(documents.heads.find()) == []  # reading does not bring the head back
