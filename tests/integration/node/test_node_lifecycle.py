@@ -93,7 +93,7 @@ def test_an_execution_runs_to_completion_and_reports_through_the_client(
         resource_version=str(int(version) - 1),
         timeout_seconds=10,
     )
-    assert "DELETED" in [event["type"] for event in events]
+    assert any(event["type"] == "DELETED" for event in events)
     core.delete_namespaced_config_map(configmap["metadata"]["name"], NAMESPACE)
     with pytest.raises(ApiException) as missing:
         core.read_namespaced_pod(name, NAMESPACE)
