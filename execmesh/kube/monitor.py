@@ -131,7 +131,9 @@ class PodMonitor:
 
     def watch_once(self) -> None:
         """One watch from the last version; after a 410 Gone the next round relists."""
-        watcher = watch.Watch()  # type: ignore[no-untyped-call]
+        # "object" keeps each pod the JSON dict it came as: the mapping reads those shapes, and
+        # building a V1Pod per event would cost more than everything else the monitor does.
+        watcher = watch.Watch(return_type="object")  # type: ignore[no-untyped-call]
         try:
             for event in watcher.stream(  # type: ignore[no-untyped-call]
                 self._core.list_namespaced_pod,
