@@ -28,6 +28,12 @@ class ResolvedRuntime(Protocol):
     @property
     def version(self) -> str: ...
 
+    @property
+    def min_memory_bytes(self) -> int: ...
+
+    @property
+    def min_timeout_seconds(self) -> float: ...
+
 
 # (language, version) -> the runtime, or a PermanentError naming what is available.
 RuntimeResolver = Callable[[str, str], ResolvedRuntime]
@@ -94,12 +100,35 @@ def check_request(
             "script_too_large",
             f"the script is {script_bytes} bytes; at most {server.max_script_bytes} are allowed",
         )
-    limits = request.limits or server.default
-    refused = check_limits(limits, server)
+    limits = request.limits or defaults_for(runtime, server)
+    refused = check_limits(limits, server) or check_runtime_needs(limits, runtime)
     if refused is not None:
         return refused
     canonical = spec.model_copy(update={"language": runtime.language, "version": runtime.version})
     return Admissible(canonical, limits)
+
+
+def defaults_for(runtime: ResolvedRuntime, server: ServerLimits) -> Limits:
+    """The server's default limits, raised to what the runtime needs (a compiler, say)."""
+    needed_mb = -(-runtime.min_memory_bytes // (1024 * 1024))
+    return server.default.model_copy(
+        update={
+            "memory_mb": min(max(server.default.memory_mb, needed_mb), server.max_memory_mb),
+            "timeout_seconds": min(
+                max(server.default.timeout_seconds, runtime.min_timeout_seconds),
+                server.max_timeout_seconds,
+            ),
+        }
+    )
+
+
+def check_runtime_needs(limits: Limits, runtime: ResolvedRuntime) -> Rejection | None:
+    needed_mb = -(-runtime.min_memory_bytes // (1024 * 1024))
+    if limits.memory_mb < needed_mb:
+        return _too("memory", limits.memory_mb, "at least", needed_mb, " MB")
+    if limits.timeout_seconds < runtime.min_timeout_seconds:
+        return _too("timeout", limits.timeout_seconds, "at least", runtime.min_timeout_seconds, "s")
+    return None
 
 
 def check_limits(limits: Limits, server: ServerLimits) -> Rejection | None:

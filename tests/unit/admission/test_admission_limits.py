@@ -142,3 +142,18 @@ def test_server_limits_never_allow_more_than_the_budget_can_hold() -> None:
 def test_defaults_beyond_the_maximums_are_a_configuration_mistake() -> None:
     with pytest.raises(ValueError, match="default limits"):
         ServerLimits.from_settings(Settings(default_timeout_seconds=900))
+
+
+def test_a_compiled_runtime_gets_defaults_raised_to_what_it_needs() -> None:
+    checked = check_request(request(language="go", version="1.23"), SERVER, resolve_on_cluster)
+    assert isinstance(checked, Admissible)
+    assert checked.limits.memory_mb == 512
+    assert checked.limits.timeout_seconds == 30
+
+
+def test_asking_less_than_the_runtime_needs_is_rejected_before_any_pod_exists() -> None:
+    asked = request(language="go", version="1.23", memory_mb=128, timeout_seconds=60)
+    checked = check_request(asked, SERVER, resolve_on_cluster)
+    assert isinstance(checked, Rejection)
+    assert checked.code == "memory_too_small"
+    assert "at least 512 MB" in checked.reason
