@@ -132,7 +132,7 @@ kill_recorded() {
 
 # shellcheck disable=SC2317 # called by later
 time_out() {
-    : >"$run/timed-out"
+    true >"$run/timed-out"
     kill_recorded
 }
 
@@ -232,6 +232,9 @@ if [ "$status" -eq 0 ] && [ ! -e "$run/timed-out" ]; then
     run_recorded "$@" <"$stdin"
     status=$?
 fi
+# From here on a failed redirection of a special builtin (times, :) would end this shell:
+# the program may have deleted our directory under /tmp, so it is made again.
+[ -d "$run" ] || mkdir -p "$run"
 times >"$run/times-after"
 now_ms
 wall_ms=$((_ms - started))
@@ -240,7 +243,7 @@ exec 3>&- 4>&-
 
 # shellcheck disable=SC2317 # called by later
 abandon_readers() {
-    : >"$run/abandoned"
+    true >"$run/abandoned"
     kill "$out_reader" "$err_reader"
 }
 
@@ -269,8 +272,15 @@ done
 
 # A reader still running (output held open by a leftover process) has written only a prefix
 # and may write more, so lengths are taken once and exactly that many bytes are framed.
+# A stream file the program deleted reads as empty, and flagged.
+stdout_size=0 stderr_size=0
+for stream in stdout stderr; do
+    [ -f "$run/$stream" ] || { true >"$run/$stream" && true >"$run/$stream.failed"; }
+done
 wc -c "$run/stdout" "$run/stderr" >"$run/sizes"
 { read -r stdout_size _ && read -r stderr_size _; } <"$run/sizes"
+is_number "$stdout_size" || stdout_size=0
+is_number "$stderr_size" || stderr_size=0
 
 # frame STREAM SIZE HEADER-FORMAT: write the stream's header; _bytes, _flag and _body (the
 # file holding exactly _bytes bytes) say what follows it.

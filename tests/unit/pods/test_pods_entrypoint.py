@@ -471,3 +471,11 @@ def test_a_hundred_megabytes_of_output_are_cut_at_the_cap_and_the_program_ends_n
     assert (report.stdout, report.stdout_truncated) == (b"\0" * 1024 * KiB, True)
     assert (len(report.stderr), report.stderr_truncated) == (1024 * KiB, True)
     assert (report.exit_code, report.signal) == (0, None), "no SIGPIPE for the program"
+
+
+def test_a_program_that_deletes_the_entry_points_files_still_gets_a_report(
+    shell: list[str], tmp_path: Path
+) -> None:
+    run = run_entrypoint(shell, tmp_path, "echo gone; rm -rf ../.execmesh; exit 4")
+    report = run.report
+    assert (report.exit_code, report.stdout, report.stdout_truncated) == (4, b"", True)
