@@ -61,22 +61,21 @@ class PodWorker:
 
     def create(self, request: PodCreateRequested) -> PodCreated | ExecutionFailed:
         """Create what the execution needs; a refusal comes back as its failure."""
+        namespace = self.namespace
         try:
             spec = self.execution_spec(request)
+            configmap = manifest.build_configmap(spec, namespace)
+            pod = manifest.build_pod(spec, namespace, self._runtime_class_name)
         except runtimes.UnknownRuntime as error:
             return _failed(request.execution_id, FailureType.IMAGE, str(error))
         except PermanentError as error:
+            # Limits or sizes no pod can honour: admission should have refused them.
             return _failed(request.execution_id, FailureType.INTERNAL, str(error))
-        namespace = self.namespace
+        core = self._clients.core
         try:
             self.ensure_network_policy(namespace)
-            self._create(
-                "configmap",
-                self._clients.core.create_namespaced_config_map,
-                manifest.build_configmap(spec, namespace),
-            )
-            pod = manifest.build_pod(spec, namespace, self._runtime_class_name)
-            self._create("pod", self._clients.core.create_namespaced_pod, pod)
+            self._create("configmap", core.create_namespaced_config_map, configmap)
+            self._create("pod", core.create_namespaced_pod, pod)
         except ApiRefused as error:
             return _failed(request.execution_id, FailureType.API, str(error))
         name = pod["metadata"]["name"]

@@ -236,3 +236,13 @@ def test_scratch_space_never_exceeds_a_small_memory_limit() -> None:
         ).tmp_bytes
         == 32 * MiB
     )
+
+
+def test_a_spec_no_pod_can_honour_fails_the_execution_without_calling_the_api(
+    api: FakeApiServer,
+) -> None:
+    failed = a_worker(api).create(a_request(memory_mb=8))
+    assert isinstance(failed, ExecutionFailed)
+    assert failed.error_type is FailureType.INTERNAL
+    assert "memory_bytes" in failed.message
+    assert api.requests == []
