@@ -36,14 +36,13 @@ from execmesh.node.sandbox import (
     launch_env,
     sandbox_spec,
 )
+from execmesh.node.spawn import spawn
 from execmesh.node.store import NotFound, Obj, Store
 
 log = logging.getLogger(__name__)
 
 POD = "pods"
 CONFIGMAP = "configmaps"
-TERMINATION_MESSAGE_BYTES = 4096
-DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 RUNNING_REPORT_DELAY = 0.02
 
 ImageCheck = Callable[[str], str | None]  # image -> why it cannot run here, or None
@@ -128,7 +127,7 @@ class Kubelet:
             elif podstatus.is_terminal(pod):
                 continue
             elif meta["uid"] in started:
-                self._finish(pod, _node_lost(pod))
+                self._finish_if_present(pod, podstatus.node_lost(pod, timestamp()))
             else:
                 self.admit(pod)
 
@@ -187,11 +186,11 @@ class Kubelet:
             self._forget_if_present(meta["namespace"], meta["name"])
         except asyncio.CancelledError:
             if self._stopping:
-                self._finish_if_present(pod, _node_shutdown(pod))
+                self._finish_if_present(pod, podstatus.node_shutdown(pod, timestamp()))
             raise
         except Exception as exc:
             log.exception("pod %s/%s failed on the node", meta["namespace"], meta["name"])
-            self._finish_if_present(pod, _node_error(pod, str(exc)))
+            self._finish_if_present(pod, podstatus.start_error(str(exc), timestamp()))
 
     async def _prepare(
         self, pod: Obj, expires: float | None, handle: _Handle
@@ -220,7 +219,7 @@ class Kubelet:
             wait = 0.1 if problem is None else 1.0
             if expires is not None and time.monotonic() + wait >= expires:
                 await self._sleep_or_delete(handle, max(0.0, expires - time.monotonic()))
-                self._finish_if_present(pod, _deadline_outcome(pod, now=timestamp()))
+                self._finish_if_present(pod, podstatus.deadline_exceeded(pod, timestamp()))
                 return None
             await self._sleep_or_delete(handle, wait)
 
@@ -368,7 +367,7 @@ class Kubelet:
         pod_reason: str,
         killed_by: int | None,
     ) -> Outcome:
-        message = read_capped(host.termination_file, TERMINATION_MESSAGE_BYTES)
+        message = read_capped(host.termination_file, podstatus.MESSAGE_BYTES)
         if not message and spec.fallback_to_logs and exit_code != 0:
             message = tail(sink.path, 2048)
         reason = ""
@@ -384,7 +383,7 @@ class Kubelet:
             signal=killed_by,
             message=message,
             pod_reason=pod_reason,
-            pod_message=DEADLINE_MESSAGE if pod_reason == "DeadlineExceeded" else "",
+            pod_message=podstatus.DEADLINE_MESSAGE if pod_reason == "DeadlineExceeded" else "",
             log_truncated=sink.truncated,
         )
 
@@ -405,9 +404,6 @@ class Kubelet:
     def _finish_if_present(self, pod: Obj, outcome: Outcome) -> None:
         self._set_status_if_present(pod, lambda current: podstatus.terminated(current, outcome))
 
-    def _finish(self, pod: Obj, outcome: Outcome) -> None:
-        self._finish_if_present(pod, outcome)
-
     def _forget_if_present(self, namespace: str, name: str) -> None:
         pod = self.store.find(POD, namespace, name)
         if pod is not None:
@@ -420,94 +416,8 @@ class Kubelet:
         return self.store.delete(POD, meta["namespace"], meta["name"])
 
 
-def spawn(argv: list[str], env: dict[str, str], output_fd: int) -> asyncio.Future[int]:
-    """Start ``argv`` with stdout and stderr on ``output_fd``; the future holds its exit code.
-
-    posix_spawn (vfork) and a pidfd on the event loop: no fork of this process's memory and
-    no waiter thread per child, which asyncio's subprocess support would cost on every pod.
-    """
-    loop = asyncio.get_running_loop()
-    pid = os.posix_spawn(
-        argv[0],
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, output_fd, 1),
-            (os.POSIX_SPAWN_DUP2, output_fd, 2),
-        ],
-    )
-    pidfd = os.pidfd_open(pid)
-    exited: asyncio.Future[int] = loop.create_future()
-
-    def reap() -> None:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-        if reaped == 0:
-            return
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        code = os.waitstatus_to_exitcode(status)
-        if not exited.done():
-            exited.set_result(code if code >= 0 else 128 - code)  # killed: 128 + signal
-
-    loop.add_reader(pidfd, reap)
-    return exited
-
-
 def _clean_up(cgroup: PodCgroup, run_dir: Path) -> bool:
     all_gone = cgroup.kill_all()
     cgroup.remove()
     shutil.rmtree(run_dir, ignore_errors=True)
     return all_gone
-
-
-def _deadline_outcome(pod: Obj, now: str) -> Outcome:
-    return Outcome(
-        exit_code=137,
-        started_at=pod["status"].get("startTime", now),
-        finished_at=now,
-        reason="ContainerStatusUnknown",
-        message="The container could not be located when the pod was terminated",
-        pod_reason="DeadlineExceeded",
-        pod_message=DEADLINE_MESSAGE,
-    )
-
-
-def _node_lost(pod: Obj) -> Outcome:
-    now = timestamp()
-    state = pod["status"]["containerStatuses"][0]["state"]
-    return Outcome(
-        exit_code=137,
-        started_at=(state.get("running") or {}).get("startedAt", now),
-        finished_at=now,
-        reason="ContainerStatusUnknown",
-        message="The container could not be located when the pod was terminated",
-        pod_reason="NodeLost",
-        pod_message="the local node restarted while the pod was running",
-    )
-
-
-def _node_shutdown(pod: Obj) -> Outcome:
-    lost = _node_lost(pod)
-    return Outcome(
-        exit_code=137,
-        started_at=lost.started_at,
-        finished_at=lost.finished_at,
-        reason="ContainerStatusUnknown",
-        message=lost.message,
-        pod_reason="Terminated",
-        pod_message="Pod was terminated in response to the local node shutting down.",
-    )
-
-
-def _node_error(pod: Obj, detail: str) -> Outcome:
-    now = timestamp()
-    return Outcome(
-        exit_code=128,
-        started_at=now,
-        finished_at=now,
-        reason="StartError",
-        message=detail[:TERMINATION_MESSAGE_BYTES],
-        pod_reason="NodeError",
-        pod_message=f"the local node could not run the pod: {detail}"[:1024],
-    )

@@ -153,3 +153,48 @@ def qos_class(pod: Obj) -> str:
         for name in ("cpu", "memory")
     )
     return "Guaranteed" if guaranteed else "Burstable"
+
+
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+CONTAINER_UNKNOWN = "The container could not be located when the pod was terminated"
+MESSAGE_BYTES = 4096  # the kubelet's cap on a termination message
+
+
+def lost_container(pod: Obj, now: str, pod_reason: str, pod_message: str) -> Outcome:
+    """A container that ended without the node seeing how: never started, or node gone."""
+    state = pod["status"]["containerStatuses"][0]["state"]
+    started = (state.get("running") or {}).get("startedAt") or pod["status"].get("startTime")
+    return Outcome(
+        exit_code=137,
+        started_at=started or now,
+        finished_at=now,
+        reason="ContainerStatusUnknown",
+        message=CONTAINER_UNKNOWN,
+        pod_reason=pod_reason,
+        pod_message=pod_message,
+    )
+
+
+def deadline_exceeded(pod: Obj, now: str) -> Outcome:
+    return lost_container(pod, now, "DeadlineExceeded", DEADLINE_MESSAGE)
+
+
+def node_lost(pod: Obj, now: str) -> Outcome:
+    return lost_container(pod, now, "NodeLost", "the local node restarted while the pod ran")
+
+
+def node_shutdown(pod: Obj, now: str) -> Outcome:
+    message = "Pod was terminated in response to the local node shutting down."
+    return lost_container(pod, now, "Terminated", message)
+
+
+def start_error(detail: str, now: str) -> Outcome:
+    return Outcome(
+        exit_code=128,
+        started_at=now,
+        finished_at=now,
+        reason="StartError",
+        message=detail[:MESSAGE_BYTES],
+        pod_reason="NodeError",
+        pod_message=f"the local node could not run the pod: {detail}"[:1024],
+    )

@@ -1,0 +1,40 @@
+"""Start a pod's launcher without forking the node, and learn its exit on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+def spawn(argv: list[str], env: dict[str, str], output_fd: int) -> asyncio.Future[int]:
+    """Start ``argv`` with stdout and stderr on ``output_fd``; the future holds its exit code.
+
+    posix_spawn (vfork) and a pidfd on the event loop: no fork of this process's memory and
+    no waiter thread per child, which asyncio's subprocess support would cost on every pod.
+    """
+    loop = asyncio.get_running_loop()
+    pid = os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, output_fd, 1),
+            (os.POSIX_SPAWN_DUP2, output_fd, 2),
+        ],
+    )
+    pidfd = os.pidfd_open(pid)
+    exited: asyncio.Future[int] = loop.create_future()
+
+    def reap() -> None:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+        if reaped == 0:
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = os.waitstatus_to_exitcode(status)
+        if not exited.done():
+            exited.set_result(code if code >= 0 else 128 - code)  # killed: 128 + signal
+
+    loop.add_reader(pidfd, reap)
+    return exited
