@@ -103,7 +103,7 @@ class PodWorker:
             script=wanted.script,
             stdin=wanted.stdin,
             args=tuple(wanted.args),
-            limits=pod_limits(request.limits),
+            limits=pod_limits(request.limits, runtime.min_tmp_bytes),
         )
 
     def ensure_network_policy(self, namespace: str) -> None:
@@ -167,8 +167,8 @@ class PodWorker:
             raise translate(error, f"delete {kind} {name}") from error
 
 
-def pod_limits(limits: RequestedLimits) -> manifest.Limits:
-    """The pod's limits for the limits the coordinator granted."""
+def pod_limits(limits: RequestedLimits, min_tmp_bytes: int = 0) -> manifest.Limits:
+    """The pod's limits for the limits the coordinator granted; /tmp as the runtime needs."""
     memory = limits.memory_mb * MiB
     defaults = manifest.Limits()
     return manifest.Limits(
@@ -177,7 +177,7 @@ def pod_limits(limits: RequestedLimits) -> manifest.Limits:
         timeout_seconds=limits.timeout_seconds,
         output_bytes=limits.output_bytes,
         # /tmp is memory-backed and charged to the pod: it can never exceed the memory limit.
-        tmp_bytes=min(defaults.tmp_bytes, memory),
+        tmp_bytes=min(max(defaults.tmp_bytes, min_tmp_bytes), memory),
     )
 
 

@@ -238,6 +238,11 @@ def test_scratch_space_never_exceeds_a_small_memory_limit() -> None:
     )
 
 
+def test_scratch_space_grows_to_what_the_runtime_needs_within_the_memory_limit() -> None:
+    granted = Limits(timeout_seconds=30, memory_mb=512, cpu_millis=500, output_bytes=1)
+    assert pod_limits(granted, min_tmp_bytes=128 * MiB).tmp_bytes == 128 * MiB
+
+
 def test_a_spec_no_pod_can_honour_fails_the_execution_without_calling_the_api(
     api: FakeApiServer,
 ) -> None:
