@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
 import signal
@@ -22,10 +23,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import httpx
@@ -66,13 +67,65 @@ def free_port() -> int:
 
 
 def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]:
+    """kafka-python alone: this process produces, a child process consumes (as in the
+    broker, where the ingress process produces and the dispatcher process consumes)."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
         {topic: {"num_partitions": PARTITIONS, "replication_factor": 1}}, wait_for_metadata=True
     )
     admin.close()
+    paced = int(rate * 4)
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[list[tuple[int, int]]] = context.Queue()
+    ready = context.Event()
+    consumer = context.Process(
+        target=consume_raw, args=(bootstrap, topic, [events, paced], ready, results)
+    )
+    consumer.start()
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("raw consumer did not start")
+
+        def send(n: int) -> None:
+            producer.send(
+                topic,
+                value=BODY,
+                key=f"k-{n % KEYS}".encode(),
+                headers=[("sent", str(time.time_ns()).encode())],
+            )
+
+        start_ns = time.time_ns()
+        for n in range(events):
+            send(n)
+        producer.flush()
+        blast = results.get(timeout=120)
+        elapsed = (max(received for _, received in blast) - start_ns) / 1e9
+        throughput = Result("raw kafka-python", events / elapsed, *_lat(blast))
+        start = time.perf_counter()
+        for n in range(paced):
+            _pace(start, n, rate)
+            send(n)
+        producer.flush()
+        latency = Result(
+            f"raw kafka-python, paced {rate:.0f}/s", rate, *_lat(results.get(timeout=60))
+        )
+    finally:
+        producer.close()
+        consumer.join(10)
+        if consumer.is_alive():
+            consumer.kill()
+    return throughput, latency
+
+
+def consume_raw(
+    bootstrap: str,
+    topic: str,
+    rounds: list[int],
+    ready: EventType,
+    results: multiprocessing.Queue[list[tuple[int, int]]],
+) -> None:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
     )
@@ -81,49 +134,16 @@ def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]
     consumer.seek_to_end(*tps)
     for tp in tps:
         consumer.position(tp)
-    received: list[tuple[int, int]] = []
-    stop = threading.Event()
-
-    def consume() -> None:
-        while not stop.is_set():
+    ready.set()
+    for expected in rounds:
+        received: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 120
+        while len(received) < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=50).values():
                 now = time.time_ns()
-                received.extend((int(dict(r.headers)["sent"]), now) for r in records)
-
-    thread = threading.Thread(target=consume)
-    thread.start()
-
-    def send(n: int) -> None:
-        producer.send(
-            topic,
-            value=BODY,
-            key=f"k-{n % KEYS}".encode(),
-            headers=[("sent", str(time.time_ns()).encode())],
-        )
-
-    try:
-        start = time.perf_counter()
-        for n in range(events):
-            send(n)
-        producer.flush()
-        _wait(lambda: len(received) >= events, 60)
-        throughput = Result(
-            "raw kafka-python", events / (time.perf_counter() - start), *_lat(received)
-        )
-        received.clear()
-        paced = int(rate * 4)
-        for n in range(paced):
-            _pace(start := start if n else time.perf_counter(), n, rate)
-            send(n)
-        producer.flush()
-        _wait(lambda: len(received) >= paced, 30)
-        latency = Result(f"raw kafka-python, paced {rate:.0f}/s", rate, *_lat(received))
-    finally:
-        stop.set()
-        thread.join()
-        producer.close()
-        consumer.close()
-    return throughput, latency
+                received.extend((int(r.headers[0][1]), now) for r in records)
+        results.put(received)
+    consumer.close()
 
 
 def _pace(start: float, n: int, rate: float) -> None:
@@ -299,7 +319,7 @@ async def _until(done: object, timeout: float) -> None:
 # ---------------------------------------------------------------- report
 
 
-def report(results: list[Result], rate: float, events: int) -> str:
+def report(results: list[Result], rate: float, events: int, load: tuple[float, float]) -> str:
     raw, raw_paced, broker, broker_paced = results
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
@@ -307,7 +327,8 @@ def report(results: list[Result], rate: float, events: int) -> str:
         "",
         f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
         f"Kafka on 127.0.0.1 (KRaft, single node). "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Load average (1 min) "
+        f"before/after the run: {load[0]:.1f}/{load[1]:.1f} (other work shares the machine).",
         "",
         f"Throughput: {events} events, 32 connections, 1 trigger, {PARTITIONS} partitions, "
         f"{KEYS} partition keys. Latency: paced at {rate:.0f} events/s for 4 s.",
@@ -341,9 +362,11 @@ def main() -> int:
     parser.add_argument("--report", type=Path, default=Path(__file__).with_name("REPORT.md"))
     args = parser.parse_args()
     bootstrap = Settings.from_env().kafka_bootstrap_servers
+    load_before = os.getloadavg()[0]
     raw = raw_kafka(bootstrap, args.events, args.rate)
     broker = uvloop.run(through_broker(args.events, args.rate))
-    text = report([*raw, *broker], args.rate, args.events)
+    load = (load_before, os.getloadavg()[0])
+    text = report([*raw, *broker], args.rate, args.events, load)
     print(text)
     args.report.write_text(text)
     return 0
