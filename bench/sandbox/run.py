@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from kubernetes import client, watch
 
-from execmesh.node.cgroups import PodCgroup, node_base
+from execmesh.node import cgroups
 from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
 from execmesh.pods.report import parse_pod_report
 from execmesh.pods.runtimes import available
@@ -94,13 +94,14 @@ class Terminals:
             return self._events.setdefault(name, threading.Event())
 
     def _run(self, version: str) -> None:
+        # Plain dicts: the client's model deserialisation would cost more than the node.
         for event in self._watch.stream(
-            self.core.list_namespaced_pod, NAMESPACE, resource_version=version
+            self.core.list_namespaced_pod, NAMESPACE, resource_version=version, deserialize=False
         ):
             pod = event["object"]
-            if pod.status.phase in ("Succeeded", "Failed"):
-                self._pods[pod.metadata.name] = pod
-                self.expect(pod.metadata.name).set()
+            if pod["status"].get("phase") in ("Succeeded", "Failed"):
+                self._pods[pod["metadata"]["name"]] = pod
+                self.expect(pod["metadata"]["name"]).set()
 
     def wait(self, name: str, timeout: float = 30) -> Any:
         if not self.expect(name).wait(timeout):
@@ -143,7 +144,7 @@ def run_direct(
     ended = time.perf_counter()
     log = core.read_namespaced_pod_log(name, NAMESPACE, _preload_content=False).data
     done = time.perf_counter()
-    assert pod.status.phase == "Succeeded" and log == b"1\n", (pod.status, log)
+    assert pod["status"]["phase"] == "Succeeded" and log == b"1\n", (pod["status"], log)
     timings["create call"].append(created - started)
     timings["created -> terminal event"].append(ended - created)
     timings["log read"].append(done - ended)
@@ -167,8 +168,8 @@ def run_execution(core: client.CoreV1Api, terminals: Terminals) -> float:
     pod = terminals.wait(name)
     log = core.read_namespaced_pod_log(name, NAMESPACE, _preload_content=False).data
     elapsed = time.perf_counter() - started
-    state = pod.status.container_statuses[0].state.terminated
-    report = parse_pod_report(state.message, log)
+    state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    report = parse_pod_report(state["message"], log)
     assert report.stdout == b"1\n", report
     return elapsed
 
@@ -202,11 +203,10 @@ def sandbox_only() -> Callable[[], float]:
 
 
 def cgroups_only() -> float:
-    base = node_base("execmesh-bench")
+    hierarchy = cgroups.Hierarchy("execmesh-bench")
+    hierarchy.prepare()
     started = time.perf_counter()
-    group = PodCgroup.create(
-        base, uuid.uuid4().hex, memory_bytes=128 << 20, cpu_millicores=1000, pids=256
-    )
+    group = hierarchy.create(uuid.uuid4().hex, cgroups.Limits(128 << 20, 1000, 256))
     group.kill_all()
     group.remove()
     return time.perf_counter() - started

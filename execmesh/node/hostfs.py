@@ -76,7 +76,7 @@ def stage_pod(
     spec: SandboxSpec,
     layout: HostLayout,
     run_dir: Path,
-    cgroup_dirs: dict[str, Path],
+    cgroup_mounts: dict[str, Path],
     unshare_net: bool = True,
 ) -> HostPaths:
     """Write the pod's ConfigMap files and an empty termination-log it may write."""
@@ -94,7 +94,7 @@ def stage_pod(
         files_dir=files_dir,
         termination_file=termination,
         etc_dir=layout.etc_dir,
-        cgroup_dirs=cgroup_dirs,
+        cgroup_mounts=cgroup_mounts,
         root_links=layout.root_links,
         usr_local_keep=layout.usr_local_keep,
         unshare_net=unshare_net,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from execmesh.node import netns, podstatus
-from execmesh.node.cgroups import PodCgroup, node_base
+from execmesh.node.cgroups import Hierarchy, Limits, PodCgroup
 from execmesh.node.hostfs import HostLayout, prepare_host, stage_pod
 from execmesh.node.netns import NetnsPool
 from execmesh.node.output import LogSink, read_capped, tail
@@ -87,7 +87,7 @@ class Kubelet:
         self._run_root = config.data_dir / "run"
         self._log_root = config.data_dir / "logs"
         self._etc = config.data_dir / "etc"
-        self._cgroup_base = node_base(config.cgroup_name)
+        self._cgroups = Hierarchy(config.cgroup_name)
         self._slots = asyncio.Semaphore(config.max_running)
         self._pods: dict[str, _Handle] = {}  # uid -> running task
         self._layout: HostLayout | None = None
@@ -100,6 +100,7 @@ class Kubelet:
         for path in (self._run_root, self._log_root, self._etc):
             path.mkdir(parents=True, exist_ok=True)
         self._layout = prepare_host(self._etc)
+        self._cgroups.prepare()
         self._recover()
 
     async def stop(self) -> None:
@@ -115,7 +116,7 @@ class Kubelet:
         started = set()
         for uid, run in self.store.runs():
             started.add(uid)
-            group = PodCgroup({c: Path(p) for c, p in run["cgroups"].items()})
+            group = self._cgroups.restore(run["cgroups"])
             group.kill_all()
             group.remove()
             shutil.rmtree(run["run_dir"], ignore_errors=True)
@@ -246,17 +247,13 @@ class Kubelet:
         meta = pod["metadata"]
         uid = meta["uid"]
         run_dir = self._run_root / uid
-        host = self._stage(spec, run_dir, uid)
-        cgroup = PodCgroup.create(
-            self._cgroup_base,
-            uid,
-            memory_bytes=spec.memory_bytes,
-            cpu_millicores=spec.cpu_millicores,
-            pids=spec.pids,
+        cgroup = self._cgroups.create(
+            uid, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids)
         )
         self.store.save_run(
             uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
         )
+        host = self._stage(spec, run_dir, cgroup)
         network = None if self._netns is None else self._netns.acquire()
         try:
             outcome = await self._supervise(pod, spec, host, cgroup, expires, handle, network)
@@ -270,10 +267,10 @@ class Kubelet:
                 # Lent again only when nothing of this pod can still be in it.
                 (self._netns.release if all_gone else self._netns.discard)(network)
 
-    def _stage(self, spec: SandboxSpec, run_dir: Path, uid: str) -> HostPaths:
+    def _stage(self, spec: SandboxSpec, run_dir: Path, cgroup: PodCgroup) -> HostPaths:
         assert self._layout is not None, "start() prepares the host layout"
-        cgroups = {c: self._cgroup_base[c] / uid for c in ("memory", "pids", "cpuacct")}
-        return stage_pod(spec, self._layout, run_dir, cgroups, self._netns is None)
+        mounts = cgroup.sandbox_mounts()
+        return stage_pod(spec, self._layout, run_dir, mounts, self._netns is None)
 
     async def _supervise(
         self,

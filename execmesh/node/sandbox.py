@@ -222,7 +222,7 @@ class HostPaths:
     files_dir: Path  # holds the staged configmap files, by their in-sandbox path
     termination_file: Path
     etc_dir: Path  # the node's prepared /etc, bound whole
-    cgroup_dirs: Mapping[str, Path]  # controller -> the pod's cgroup directory
+    cgroup_mounts: Mapping[str, Path]  # path in the sandbox -> the pod's cgroup directory
     root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
     usr_local_keep: tuple[str, ...]
     # False when the node puts the pod in a network namespace of its own before bubblewrap
@@ -244,8 +244,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     argv += ["--ro-bind", str(host.etc_dir), "/etc"]
     argv += ["--proc", "/proc", *DEV]
     made = {"/", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
-    for controller, directory in host.cgroup_dirs.items():
-        target = f"/sys/fs/cgroup/{controller}"
+    for target, directory in host.cgroup_mounts.items():
         argv += [*_parent_dirs(target, made), "--ro-bind", str(directory), target]
     for mount in spec.tmpfs:
         argv += _parent_dirs(mount.path, made)

@@ -43,7 +43,7 @@ HOST = HostPaths(
     files_dir=Path("/data/run/u/files"),
     termination_file=Path("/data/run/u/termination-log"),
     etc_dir=Path("/data/etc"),
-    cgroup_dirs={"memory": Path("/sys/fs/cgroup/memory/n/u")},
+    cgroup_mounts={"/sys/fs/cgroup/memory": Path("/sys/fs/cgroup/memory/n/u")},
     root_links={"/bin": "usr/bin"},
     usr_local_keep=("go",),
 )
