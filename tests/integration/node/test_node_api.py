@@ -63,6 +63,18 @@ def test_duplicate_names_are_409_and_missing_objects_are_404(core: client.CoreV1
         assert status_of(missing.value) == (404, "NotFound")
 
 
+def test_the_log_is_the_raw_bytes_the_container_wrote(core: client.CoreV1Api) -> None:
+    name = unique("bytes")
+    _, log = run_pod(
+        core, shell_pod(name, "printf 'a\\377\\376\\000b\\n'; printf 'two\\nthree' >&2")
+    )
+    assert log == b"a\xff\xfe\x00b\ntwo\nthree"
+    tail = core.read_namespaced_pod_log(name, NAMESPACE, tail_lines=1, _preload_content=False)
+    assert tail.data == b"three"
+    head = core.read_namespaced_pod_log(name, NAMESPACE, limit_bytes=2, _preload_content=False)
+    assert head.data == b"a\xff"
+
+
 def test_list_honours_equality_set_and_existence_label_selectors(core: client.CoreV1Api) -> None:
     run = uuid.uuid4().hex[:8]
     labels = {
