@@ -135,7 +135,7 @@ class MongoSagaStore:
             saga.execution_id, to_document(saga), saga.version, refresh_head=not quiet
         )
         if saga.purge_after is not None:
-            self._write(
+            self._mongo(
                 lambda: self.retired.replace_one(
                     {"_id": saga.execution_id}, {"purge_after": saga.purge_after}, upsert=True
                 )
@@ -149,24 +149,24 @@ class MongoSagaStore:
 
     def record_tick(self, key: str, execution_ids: list[str], purge_after: datetime) -> None:
         document = {"execution_ids": execution_ids, "purge_after": purge_after}
-        self._write(lambda: self.ticks.replace_one({"_id": key}, document, upsert=True))
+        self._mongo(lambda: self.ticks.replace_one({"_id": key}, document, upsert=True))
 
     def tick_targets(self, key: str) -> list[str] | None:
-        document = self._write(lambda: self.ticks.find_one({"_id": key}))
+        document = self._mongo(lambda: self.ticks.find_one({"_id": key}))
         return None if document is None else [str(i) for i in document["execution_ids"]]
 
     def purge(self, now: datetime, limit: int) -> int:
         expired = {"purge_after": {"$lte": now}}
-        retired = self._write(lambda: list(self.retired.find(expired).limit(limit)))
+        retired = self._mongo(lambda: list(self.retired.find(expired).limit(limit)))
         ids = [str(document["_id"]) for document in retired]
         if ids:
             self.documents.delete(ids)
         # Listed until their versions are gone, so a purge cut short is finished next time.
-        purged = self._write(lambda: self.retired.delete_many({"_id": {"$in": ids}}))
-        self._write(lambda: self.ticks.delete_many(expired))
+        purged = self._mongo(lambda: self.retired.delete_many({"_id": {"$in": ids}}))
+        self._mongo(lambda: self.ticks.delete_many(expired))
         return purged.deleted_count
 
-    def _write(self, operation: Callable[[], T]) -> T:
+    def _mongo(self, operation: Callable[[], T]) -> T:
         try:
             return operation()
         except PyMongoError as error:
