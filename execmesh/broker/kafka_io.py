@@ -139,7 +139,9 @@ class TriggerConsumer:
             enable_auto_commit=False,
             auto_offset_reset="latest",
             max_poll_records=500,
-            fetch_max_wait_ms=100,
+            # Kafka answers a fetch as soon as one record is there: the wait only bounds
+            # idle fetches, and with one consumer per trigger idle fetches add up.
+            fetch_max_wait_ms=500,
         )
         partitions = consumer.partitions_for_topic(self.topic) or set()
         deadline = time.monotonic() + 15
@@ -209,7 +211,7 @@ class TriggerConsumer:
             consumer.close(autocommit=False)
 
     def _poll_once(self, consumer: Any) -> None:
-        polled = consumer.poll(timeout_ms=50)
+        polled = consumer.poll(timeout_ms=500)
         batch: list[tuple[int, int, bytes | None, Event | None]] = []
         for tp, records in polled.items():
             tracker = self._trackers[tp.partition]
