@@ -148,7 +148,7 @@ def test_a_compiled_runtime_gets_defaults_raised_to_what_it_needs() -> None:
     checked = check_request(request(language="go", version="1.23"), SERVER, resolve_on_cluster)
     assert isinstance(checked, Admissible)
     assert checked.limits.memory_mb == 512
-    assert checked.limits.timeout_seconds == 30
+    assert checked.limits.timeout_seconds == 60
 
 
 def test_asking_less_than_the_runtime_needs_is_rejected_before_any_pod_exists() -> None:
