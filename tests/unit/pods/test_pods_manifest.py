@@ -396,7 +396,7 @@ def test_the_deadline_rounds_a_whole_second_timeout_exactly() -> None:
     assert deadline == 10 + DEADLINE_GRACE_SECONDS
 
 
-GO_LIMITS = Limits(memory_bytes=512 * MiB, tmp_bytes=128 * MiB, timeout_seconds=30)
+GO_LIMITS = Limits(memory_bytes=512 * MiB, tmp_bytes=128 * MiB, timeout_seconds=60)
 
 
 def test_the_image_and_environment_come_from_the_runtime() -> None:
@@ -560,8 +560,8 @@ def test_a_compiled_runtime_gets_its_build_command_in_the_configmap() -> None:
 @pytest.mark.parametrize(
     "limits",
     [
-        Limits(memory_bytes=256 * MiB, tmp_bytes=128 * MiB, timeout_seconds=30),
-        Limits(memory_bytes=512 * MiB, tmp_bytes=64 * MiB, timeout_seconds=30),
+        Limits(memory_bytes=256 * MiB, tmp_bytes=128 * MiB, timeout_seconds=60),
+        Limits(memory_bytes=512 * MiB, tmp_bytes=64 * MiB, timeout_seconds=60),
         Limits(memory_bytes=512 * MiB, tmp_bytes=128 * MiB, timeout_seconds=10),
     ],
     ids=["memory", "tmp", "timeout"],
