@@ -6,7 +6,7 @@ One hop = an event POSTed to the broker's ingress until the subscriber receives 
 run measures raw kafka-python produce-then-consume (the floor any Kafka-backed broker
 stands on); "added per hop" is the broker's latency minus that floor.
 
-Throughput: N events as fast as the load generator can (32 keep-alive connections), timed
+Throughput: N events as fast as the load generator can (C keep-alive connections), timed
 from the first send to the last delivery. Latency: events paced at R per second, so that the
 percentiles measure the path and not a queue.
 """
@@ -40,6 +40,7 @@ from execmesh.settings import PROJECT_ROOT, Settings
 BODY = b'{"execution_id": "bench", "language": "python", "n": 1}'
 PARTITIONS = 10
 KEYS = 200
+CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class BrokerUnderTest:
         self.process.wait(30)
 
 
-async def through_broker(events: int, rate: float) -> tuple[Result, Result]:
+async def through_broker(events: int, rate: float, connections: int) -> tuple[Result, Result]:
     received: dict[str, tuple[int, int]] = {}
     loop = asyncio.get_running_loop()
     sink_port = free_port()
@@ -261,7 +262,7 @@ async def through_broker(events: int, rate: float) -> tuple[Result, Result]:
             received.clear()
             cpu = broker.cpu_seconds()
             start = time.perf_counter()
-            await _post_all(broker.port, path, "t", events, 32, None)
+            await _post_all(broker.port, path, "t", events, connections, None)
             await _until(lambda: len(received) >= events, 120)
             elapsed = time.perf_counter() - start
             cpu_per_event = (broker.cpu_seconds() - cpu) / events * 1e6
@@ -319,7 +320,9 @@ async def _until(done: object, timeout: float) -> None:
 # ---------------------------------------------------------------- report
 
 
-def report(results: list[Result], rate: float, events: int, load: tuple[float, float]) -> str:
+def report(
+    results: list[Result], rate: float, events: int, connections: int, load: tuple[float, float]
+) -> str:
     raw, raw_paced, broker, broker_paced = results
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
@@ -330,8 +333,9 @@ def report(results: list[Result], rate: float, events: int, load: tuple[float, f
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Load average (1 min) "
         f"before/after the run: {load[0]:.1f}/{load[1]:.1f} (other work shares the machine).",
         "",
-        f"Throughput: {events} events, 32 connections, 1 trigger, {PARTITIONS} partitions, "
-        f"{KEYS} partition keys. Latency: paced at {rate:.0f} events/s for 4 s.",
+        f"Throughput: {events} events, {connections} connections, 1 trigger, "
+        f"{PARTITIONS} partitions, {KEYS} partition keys. "
+        f"Latency: paced at {rate:.0f} events/s for 4 s.",
         "",
         "| path | events/s | p50 ms | p99 ms | broker CPU µs/event |",
         "|---|---:|---:|---:|---:|",
@@ -359,14 +363,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
     parser.add_argument("--report", type=Path, default=Path(__file__).with_name("REPORT.md"))
     args = parser.parse_args()
     bootstrap = Settings.from_env().kafka_bootstrap_servers
     load_before = os.getloadavg()[0]
     raw = raw_kafka(bootstrap, args.events, args.rate)
-    broker = uvloop.run(through_broker(args.events, args.rate))
+    broker = uvloop.run(through_broker(args.events, args.rate, args.connections))
     load = (load_before, os.getloadavg()[0])
-    text = report([*raw, *broker], args.rate, args.events, load)
+    text = report([*raw, *broker], args.rate, args.events, args.connections, load)
     print(text)
     args.report.write_text(text)
     return 0

@@ -202,8 +202,16 @@ class TriggerDispatcher:
             del self._lanes[partition, key]
 
     async def _one(self, partition: int, offset: int, event: Event | None) -> None:
-        if event is not None and (self._takes_all or matches(self.route.filter, event.attributes)):
-            await self.process(event)
+        try:
+            if event is not None and (
+                self._takes_all or matches(self.route.filter, event.attributes)
+            ):
+                await self.process(event)
+        except Exception:
+            # A bug here must not wedge the partition's commits for ever; say so loudly.
+            log.exception(
+                "trigger %s: event at %d@%d abandoned", self.route.name, offset, partition
+            )
         self.pending -= 1
         self._finished(partition, offset)
 

@@ -174,6 +174,10 @@ class TriggerConsumer:
     def finished(self, partition: int, offset: int) -> None:
         self._done.put((partition, offset))
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop_polling(self) -> None:
         self._polling.clear()
 

@@ -123,6 +123,9 @@ async def serve(options: BrokerOptions) -> None:
             code = ingress.exited()
             if code is not None:
                 raise TransientError(f"an ingress process exited with status {code}")
+            for _, consumer in pairs:
+                if not consumer.alive:
+                    raise TransientError(f"the consumer of {consumer.group} stopped")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 0.5)
     finally:
