@@ -23,7 +23,7 @@ from execmesh.errors import InvalidEvent
 REQUIRED = ("id", "source", "specversion", "type")
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
-_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_NAME = re.compile(r"^[a-z0-9]+$")
 # HTTP binding, 3.1.3.2: these characters in a header value are percent-encoded.
 _NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
