@@ -231,6 +231,9 @@ class HostPaths:
 
 
 def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list[str]:
+    # Not --as-pid-1, though faster: a pid 1 that is the program does not die with its
+    # parent (the kernel shields a namespace's init from the parent-death signal), so
+    # a crashed node would leave the pod running. bubblewrap's own init does die with it.
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid"]
     if host.unshare_net:
         argv.append("--unshare-net")
