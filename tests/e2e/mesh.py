@@ -29,8 +29,7 @@ from execmesh.mesh.sender import Emitter, HttpSender
 from execmesh.mongo import connect
 from execmesh.settings import PROJECT_ROOT, LocalConfig, Settings
 
-PORT_OFFSET = 10000
-REDIS_DB = 9
+DEFAULT_PORT_OFFSET = 10000
 TERMINAL = {"completed", "failed", "timed_out", "cancelled", "rejected"}
 
 
@@ -142,27 +141,46 @@ def _answers(client: httpx.Client, url: str) -> bool:
         return False
 
 
-def shifted_config(path: Path, offset: int) -> dict[str, Any]:
+def shifted_config(path: Path, offset: int, namespace: str) -> None:
     raw: dict[str, Any] = yaml.safe_load((PROJECT_ROOT / "config" / "local.yaml").read_text())
+    raw["namespace"] = namespace
     raw["broker"]["port"] += offset
     raw["node"]["port"] += offset
     for spec in raw["services"].values():
         spec["port"] += offset
     path.write_text(yaml.safe_dump(raw))
-    return raw
 
 
-def start_mesh(root: Path, **extra_env: str) -> Iterator[Mesh]:
+def renamespaced_eventing(directory: Path, namespace: str) -> None:
+    """The project's manifests in a namespace of the mesh's own: its own Kafka topic and
+    consumer groups, so two meshes on one Kafka never take each other's events."""
+    source = PROJECT_ROOT / "eventing"
+    for path in source.rglob("*.yaml"):
+        target = directory / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            path.read_text().replace("namespace: execmesh", f"namespace: {namespace}")
+        )
+
+
+def start_mesh(
+    root: Path, *, port_offset: int = DEFAULT_PORT_OFFSET, redis_db: int = 9, **extra_env: str
+) -> Iterator[Mesh]:
+    """Start every process; ``port_offset`` and ``redis_db`` tell concurrent meshes apart."""
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     config = root / "local.yaml"
-    shifted_config(config, PORT_OFFSET)
+    shifted_config(config, port_offset, namespace)
+    renamespaced_eventing(root / "eventing", namespace)
     base = Settings.from_env()
-    redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "EXECMESH_LOCAL_CONFIG": str(config),
+        "EXECMESH_EVENTING_DIR": str(root / "eventing"),
         "EXECMESH_DATA_DIR": str(root / "data"),
+        "EXECMESH_POD_NAMESPACE": namespace,
         "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:10]}",
         "REDIS_URL": redis_url,
         **extra_env,
@@ -179,3 +197,19 @@ def start_mesh(root: Path, **extra_env: str) -> Iterator[Mesh]:
     finally:
         mesh.stop_all()
         connect(settings).client.drop_database(settings.mongodb_database)
+        _delete_topic_and_groups(settings, namespace)
+
+
+def _delete_topic_and_groups(settings: Settings, namespace: str) -> None:
+    from kafka.admin import KafkaAdminClient  # the only Kafka use here
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        groups = [g for g, *_ in admin.list_consumer_groups() if f"-{namespace}-" in g]
+        if groups:
+            admin.delete_consumer_groups(groups)
+        admin.delete_topics([f"knative-broker-{namespace}-default"])
+    except Exception as error:  # cleanup must not hide the test's own outcome
+        print(f"cleanup of {namespace} in Kafka failed: {error}")
+    finally:
+        admin.close()
