@@ -118,7 +118,8 @@ def test_retries_wait_the_configured_exponential_and_linear_backoff(
     for measured, wanted in ((gaps(exponential), [0.4, 0.8, 1.6]), (gaps(linear), [0.3, 0.6, 0.9])):
         print("backoff measured", [round(g, 3) for g in measured], "configured", wanted)
         for gap, want in zip(measured, wanted, strict=True):
-            assert want * 0.95 <= gap <= want + 0.3
+            # Wide enough for a busy 2-core box, narrow enough to tell 2^k from k from none.
+            assert want - 0.1 <= gap <= want + 0.4
     time.sleep(0.5)
     assert len(subscriber.at("/exponential")) == 4
 
@@ -150,7 +151,8 @@ def test_non_retriable_answers_go_to_the_dead_letter_sink_at_once_with_the_error
     assert rejected["ce-type"] == "r"
     assert chatty["ce-knativeerrorcode"] == "200"
     assert base64.b64decode(chatty["ce-knativeerrordata"]) == b"OK"
-    assert letters["r1"].at - subscriber.at("/reject")[0].at < 0.5
+    # At once: a retry would have waited backoffDelay * 2 = 2 s first.
+    assert letters["r1"].at - subscriber.at("/reject")[0].at < 1.5
     time.sleep(1.0)
     assert len(subscriber.at("/reject")) == 1
     assert len(subscriber.at("/chatty")) == 1
