@@ -265,3 +265,20 @@ def test_sigterm_stops_the_broker_cleanly(
     assert broker.post("s1") == 202
     subscriber.wait_for("/", 1)
     assert broker.stop() == 0
+
+
+def test_a_new_trigger_starts_at_the_latest_offset_and_an_old_one_resumes(
+    start_broker: StartBroker, subscriber: Subscriber
+) -> None:
+    broker = start_broker([trigger("old", subscriber.url("/old"))])
+    assert broker.post("before") == 202
+    subscriber.wait_for("/old", 1)
+    assert broker.stop() == 0
+    broker.triggers.append(trigger("new", subscriber.url("/new")))
+    broker.start()
+    assert broker.post("after") == 202
+    subscriber.wait_for("/new", 1)
+    subscriber.wait_for("/old", 2)
+    time.sleep(0.5)
+    assert [r.id for r in subscriber.at("/new")] == ["after"]
+    assert [r.id for r in subscriber.at("/old")] == ["before", "after"]
