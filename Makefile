@@ -9,7 +9,7 @@ MYPY   := $(VENV)/bin/mypy
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services-up services-down services-status test test-unit lint fmt \
-        schemas schemas-check run clean-data
+        lock schemas schemas-check run clean-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: ## ruff (lint and format check) and mypy --strict, all clean
 fmt: ## format and auto-fix with ruff
 	$(RUFF) format .
 	$(RUFF) check --fix .
+
+lock: ## pin every installed Python package version into requirements.lock
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^#' > requirements.lock
 
 schemas: ## regenerate eventing/schemas/ from the event catalogue
 	$(PYTHON) -m execmesh.schemas

@@ -67,10 +67,11 @@ setup_python() {
     || die "Python 3.11 is needed (tried $PYTHON); set PYTHON=/path/to/python3.11"
   [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
   local stamp=$VENV/.execmesh-installed want
-  want=$(fingerprint "$ROOT/pyproject.toml")
+  want=$(fingerprint "$ROOT/pyproject.toml" "$ROOT/requirements.lock")
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python dependencies into $VENV"
-    quietly pip "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+    # requirements.lock pins every transitive version (regenerate: make lock).
+    quietly pip "$VENV/bin/python" -m pip install -q -c "$ROOT/requirements.lock" -e "$ROOT[dev]"
     echo "$want" >"$stamp"
   fi
 }
