@@ -3,13 +3,16 @@
 Latency of ``print(1)`` in Python from pod create to terminal status with the log read,
 through a real ``execmesh node`` and the official kubernetes client (one shared watch, as
 the pod_monitor has), against ``python3 -c 'print(1)'`` spawned bare. Then where the time
-goes (bubblewrap alone, cgroups alone, the API calls), and pods per second with both cores
-busy. Usage: ``.venv/bin/python bench/sandbox/run.py [--runs N] [--json out.json]``.
+goes (the sandbox launched without the node, with and without its cgroups; the client's
+calls), and pods per second with both cores busy.
+
+Usage: ``.venv/bin/python bench/sandbox/run.py [--runs N] [--json out.json]`` (as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +34,9 @@ import httpx
 from kubernetes import client, watch
 
 from execmesh.node import cgroups
+from execmesh.node.hostfs import prepare_host, stage_pod
+from execmesh.node.netns import NetnsPool
+from execmesh.node.sandbox import NodeLimits, bwrap_argv, launch_argv, launch_env, sandbox_spec
 from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
 from execmesh.pods.report import parse_pod_report
 from execmesh.pods.runtimes import available
@@ -94,6 +100,10 @@ class Terminals:
             return self._events.setdefault(name, threading.Event())
 
     def _run(self, version: str) -> None:
+        with contextlib.suppress(Exception):  # the node going away ends the watch
+            self._follow(version)
+
+    def _follow(self, version: str) -> None:
         # Plain dicts: the client's model deserialisation would cost more than the node.
         for event in self._watch.stream(
             self.core.list_namespaced_pod, NAMESPACE, resource_version=version, deserialize=False
@@ -181,35 +191,48 @@ def run_bare() -> float:
     return time.perf_counter() - started
 
 
-def sandbox_only() -> Callable[[], float]:
-    """bubblewrap + setpriv + print(1) with the node's flags, no cgroups, no API."""
-    from execmesh.node.hostfs import prepare_host, stage_pod
-    from execmesh.node.sandbox import NodeLimits, bwrap_argv, sandbox_spec
+class Sandbox:
+    """The node's sandbox launched straight from here: no API, no kubelet, same argv."""
 
-    pod = direct_pod("bare-sandbox")
-    pod["metadata"]["uid"] = "bench"
-    spec = sandbox_spec(pod, {}, NodeLimits())
-    scratch = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
-    host = stage_pod(spec, prepare_host(scratch / "etc"), scratch / "pod", {})
-    argv = bwrap_argv(spec, host)
+    def __init__(self) -> None:
+        pod = direct_pod("bench-sandbox")
+        pod["metadata"]["uid"] = "bench"
+        self.spec = sandbox_spec(pod, {}, NodeLimits())
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
+        self.layout = prepare_host(self.scratch / "etc")
+        self.hierarchy = cgroups.Hierarchy("execmesh-bench")
+        self.hierarchy.prepare()
+        self.pool = NetnsPool()
+        self.network = self.pool.acquire()
 
-    def once() -> float:
+    def _run(self, argv: list[str], env: dict[str, str] | None = None) -> float:
         started = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, check=True)
+        with self.pool.entered(self.network):
+            result = subprocess.run(argv, capture_output=True, check=True, env=env)
         assert result.stdout == b"1\n"
         return time.perf_counter() - started
 
-    return once
+    def bwrap_only(self) -> float:
+        """bubblewrap + setpriv + print(1), pooled network namespace, no cgroups."""
+        host = stage_pod(self.spec, self.layout, self.scratch / "pod", {}, unshare_net=False)
+        return self._run(bwrap_argv(self.spec, host))
 
+    def own_netns(self) -> float:
+        """The same, with bubblewrap creating a fresh network namespace."""
+        host = stage_pod(self.spec, self.layout, self.scratch / "pod", {}, unshare_net=True)
+        return self._run(bwrap_argv(self.spec, host))
 
-def cgroups_only() -> float:
-    hierarchy = cgroups.Hierarchy("execmesh-bench")
-    hierarchy.prepare()
-    started = time.perf_counter()
-    group = hierarchy.create(uuid.uuid4().hex, cgroups.Limits(128 << 20, 1000, 256))
-    group.kill_all()
-    group.remove()
-    return time.perf_counter() - started
+    def with_cgroups(self) -> float:
+        """What the kubelet launches: cgroups made, joined by the wrapper, rlimits, removed."""
+        started = time.perf_counter()
+        group = self.hierarchy.create(uuid.uuid4().hex, cgroups.Limits(128 << 20, 1000, 256))
+        host = stage_pod(
+            self.spec, self.layout, self.scratch / "pod", group.sandbox_mounts(), False
+        )
+        self._run(launch_argv(self.spec, host, group.procs_files), launch_env(self.spec))
+        group.kill_all()
+        group.remove()
+        return time.perf_counter() - started
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -237,7 +260,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "python": BARE[0], "runs": args.runs}
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": BARE[0],
+        "runs": args.runs,
+        "load_average_at_start": os.getloadavg(),
+    }
     with running_node(max_running=16) as url:
         core = client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
         terminals = Terminals(core)
@@ -246,26 +274,37 @@ def main() -> int:
             "created -> terminal event": [],
             "log read": [],
         }
-        sandbox = sandbox_only()
+        sandbox = Sandbox()
+        series: dict[str, Callable[[], float]] = {
+            "bare python3 -c print(1)": run_bare,
+            "node: pod print(1), create -> terminal + log": lambda: run_direct(
+                core, terminals, timings
+            ),
+            "sandbox: bubblewrap + setpriv, pooled netns": sandbox.bwrap_only,
+            "sandbox: bubblewrap + setpriv, fresh netns": sandbox.own_netns,
+            "sandbox: + cgroups, wrapper, rlimits (the kubelet's launch)": sandbox.with_cgroups,
+        }
         for _ in range(10):  # warm the page cache and the connection pool
-            run_bare(), sandbox(), run_direct(core, terminals, timings)
+            for run in series.values():
+                run()
         for values in timings.values():
             values.clear()
-        bare, node, alone, groups = [], [], [], []
+        samples: dict[str, list[float]] = {name: [] for name in series}
         for _ in range(args.runs):  # interleaved, so drift hits every series alike
-            bare.append(run_bare())
-            node.append(run_direct(core, terminals, timings))
-            alone.append(sandbox())
-            groups.append(cgroups_only())
+            for name, run in series.items():
+                samples[name].append(run())
         execution = [run_execution(core, terminals) for _ in range(max(20, args.runs // 4))]
+        bare, node = (
+            samples["bare python3 -c print(1)"],
+            samples["node: pod print(1), create -> terminal + log"],
+        )
         results["latency"] = {
             "bare python3 -c print(1)": summary(bare),
             "node: pod print(1), create -> terminal + log": summary(node),
             "node: execution (ConfigMap + Pod, entry point, report)": summary(execution),
         }
         results["breakdown"] = {
-            "bubblewrap + setpriv + print(1), no node": summary(alone),
-            "pod cgroups: create 4 controllers + remove": summary(groups),
+            **{name: summary(values) for name, values in samples.items() if "sandbox" in name},
             **{f"client: {k}": summary(v) for k, v in timings.items()},
         }
         results["ratio_p50_node_vs_bare"] = round(
@@ -283,6 +322,7 @@ def main() -> int:
             ),
         }
         terminals.stop()
+    results["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
