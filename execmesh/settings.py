@@ -54,6 +54,12 @@ class Settings:
     default_output_bytes: int = 1024 * 1024
     # A slot is leased for the execution's timeout plus this; a lost run frees it on expiry.
     lease_seconds: float = 120.0
+    # API gateway: per-user requests per second, executions in flight per user, body size.
+    api_rate_per_second: int = 20
+    api_max_active_per_user: int = 50
+    api_max_body_bytes: int = 1024 * 1024
+    # Signs callback webhooks (HMAC-SHA256); empty: callbacks are sent unsigned.
+    api_callback_secret: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +113,16 @@ class Settings:
                 env.get("EXECMESH_DEFAULT_OUTPUT_BYTES", defaults.default_output_bytes)
             ),
             lease_seconds=float(env.get("EXECMESH_LEASE_SECONDS", defaults.lease_seconds)),
+            api_rate_per_second=int(
+                env.get("EXECMESH_API_RATE_PER_SECOND", defaults.api_rate_per_second)
+            ),
+            api_max_active_per_user=int(
+                env.get("EXECMESH_API_MAX_ACTIVE_PER_USER", defaults.api_max_active_per_user)
+            ),
+            api_max_body_bytes=int(
+                env.get("EXECMESH_API_MAX_BODY_BYTES", defaults.api_max_body_bytes)
+            ),
+            api_callback_secret=env.get("EXECMESH_API_CALLBACK_SECRET", ""),
         )
 
     def local_config(self) -> LocalConfig:
