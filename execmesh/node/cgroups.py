@@ -142,6 +142,14 @@ class Hierarchy:
                     raise  # swap accounting is optional; nothing else is
         return group
 
+    def leftovers(self) -> list[PodCgroup]:
+        """Every pod group under this node's base: at start, all of them are stale."""
+        names: set[str] = set()
+        for directory in self.base.values():
+            if directory.is_dir():
+                names.update(child.name for child in directory.iterdir() if child.is_dir())
+        return [PodCgroup(self.version, {k: p / n for k, p in self.base.items()}) for n in names]
+
     def restore(self, dirs: Mapping[str, str]) -> PodCgroup:
         return PodCgroup(self.version, {key: Path(path) for key, path in dirs.items()})
 

@@ -121,6 +121,9 @@ class Kubelet:
             group.remove()
             shutil.rmtree(run["run_dir"], ignore_errors=True)
             self.store.drop_run(uid)
+        for group in self._cgroups.leftovers():  # made before a crash let us record them
+            group.kill_all()
+            group.remove()
         for pod in self.store.list_objects(POD):
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):
@@ -182,6 +185,9 @@ class Kubelet:
             async with self._slots:
                 if handle.deleting.is_set():
                     raise Deleted
+                if expires is not None and time.monotonic() >= expires:
+                    self._finish_if_present(pod, podstatus.deadline_exceeded(pod, timestamp()))
+                    return
                 await self._execute(pod, spec, expires, handle)
         except Deleted:
             self._forget_if_present(meta["namespace"], meta["name"])

@@ -104,3 +104,13 @@ def test_a_v1_pod_sees_its_own_memory_pids_and_cpuacct_groups() -> None:
         "/sys/fs/cgroup/pids": dirs["pids"],
         "/sys/fs/cgroup/cpuacct": dirs["cpuacct"],
     }
+
+
+def test_at_start_every_group_under_the_node_base_is_a_leftover(tmp_path: Path) -> None:
+    hierarchy = Hierarchy("node", root=tmp_path, version="v1")
+    hierarchy.prepare()
+    hierarchy.create("pod-a", Limits(None, None, 8))
+    (hierarchy.base["memory"] / "pod-b").mkdir()
+    leftovers = hierarchy.leftovers()
+    assert sorted(group.dirs["pids"].name for group in leftovers) == ["pod-a", "pod-b"]
+    assert all(set(group.dirs) == {"memory", "pids", "cpu", "cpuacct"} for group in leftovers)
