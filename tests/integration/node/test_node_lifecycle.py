@@ -122,3 +122,27 @@ def test_output_past_the_entry_points_cap_is_flagged_in_the_report(
     assert report.stdout == b"\xff" * MiB
     assert report.stdout_truncated
     assert time.monotonic() - started < 60
+
+
+def test_a_memory_bomb_through_the_entry_point_is_oom_killed_and_still_reported(
+    core: client.CoreV1Api,
+) -> None:
+    python = next((r for r in runtimes() if r.language == "python"), None)
+    if python is None:
+        pytest.skip("no python here")
+    spec = ExecutionSpec(
+        execution_id=unique("oom"),
+        runtime=python,
+        script="x = bytearray(1024 * 1024 * 1024)\n",
+        limits=Limits(memory_bytes=64 * MiB, tmp_bytes=8 * MiB, timeout_seconds=20),
+    )
+    core.create_namespaced_config_map(NAMESPACE, build_configmap(spec, NAMESPACE))
+    pod_body = build_pod(spec, NAMESPACE)
+    core.create_namespaced_pod(NAMESPACE, pod_body)
+    pod = wait_terminal(core, pod_body["metadata"]["name"], timeout=60)
+    state = terminated(pod)
+    assert (pod.status.phase, state.reason, state.exit_code) == ("Failed", "OOMKilled", 137)
+    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, _preload_content=False).data
+    report = parse_pod_report(state.message, log)
+    assert (report.exit_code, report.signal) == (137, 9)
+    assert report.peak_memory_bytes is not None and report.peak_memory_bytes <= 64 * MiB
