@@ -233,8 +233,8 @@ class BrokerUnderTest:
     def cpu_seconds(self) -> float:
         """CPU time of the broker and its ingress processes."""
         pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids += [int(pid) for pid in children.read_text().split()]
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            pids += [int(pid) for pid in children.read_text().split()]
         ticks = 0
         for pid in pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

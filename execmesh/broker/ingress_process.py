@@ -100,7 +100,12 @@ def _bind(address: tuple[str, int], timeout: float) -> socket.socket:
 async def serve(fd: int, topics: Mapping[str, str], bootstrap: str) -> None:
     event_log = await asyncio.to_thread(KafkaEventLog, bootstrap)
     config = uvicorn.Config(
-        build_app(topics, event_log), fd=fd, log_level="warning", access_log=False, lifespan="off"
+        build_app(topics, event_log),
+        fd=fd,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 

@@ -105,6 +105,7 @@ async def serve(options: BrokerOptions) -> None:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            proxy_headers=False,
         )
     )
     _stop_on_signals(server, stopping, loop)
