@@ -12,11 +12,9 @@ from execmesh.deadletters.store import DeadLetterStore
 from execmesh.mongo import connect
 from execmesh.settings import Settings
 
-COLLECTION = "dead_letters"
-
 
 def store_from(settings: Settings) -> DeadLetterStore:
-    return DeadLetterStore(connect(settings)[COLLECTION])
+    return DeadLetterStore(connect(settings))
 
 
 def summary(letter: DeadLetter) -> str:

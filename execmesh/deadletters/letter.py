@@ -39,6 +39,10 @@ class DeadLetter:
     attempts: int = 0
     last_error: str = ""
     history: tuple[Mapping[str, Any], ...] = field(default=())
+    # While a retry is in flight: until when its claimer holds it.
+    lease_until: datetime | None = None
+    # The stored version this letter was read at: a save from a stale read is refused.
+    version: int = 0
 
     @property
     def event_type(self) -> str:

@@ -20,7 +20,6 @@ from execmesh.mesh import Emission, IncomingEvent
 from execmesh.mongo import connect
 from execmesh.settings import Settings
 
-COLLECTION = "dead_letters"
 # A retry round runs inside one delivery of the tick: keep it well under the broker's timeout.
 REDELIVERY_TIMEOUT_SECONDS = 5.0
 BATCH = 20
@@ -36,7 +35,7 @@ class DeadLetterOffice:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeadLetterOffice:
-        store = DeadLetterStore(connect(settings)[COLLECTION])
+        store = DeadLetterStore(connect(settings))
         store.ensure_indexes()
         client = httpx.Client(timeout=REDELIVERY_TIMEOUT_SECONDS)
         return cls(store, partial(redeliver, client))

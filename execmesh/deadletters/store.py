@@ -1,77 +1,94 @@
-"""Dead letters in MongoDB: one document each, claimed for a retry with a lease.
+"""Dead letters in MongoDB, one versioned document each, claimed for a retry with a lease.
 
-Only single-document atomic updates are used (FerretDB has no transactions). A retry is
-claimed by moving the letter to ``retrying`` with ``lease_until``; a dlq instance that dies
-mid-retry leaves a lease that expires, and the letter is claimed again.
+Every change is a compare-and-set save of the next version (``execmesh.versioned``): the
+insert of a unique ``<letter id>#<version>`` is the one check that is atomic on MongoDB and on
+FerretDB 1.x alike, whose conditional updates are not (two dlq replicas would both claim the
+same letter). A claim saves the letter as ``retrying`` with ``lease_until``; a dlq instance
+that dies mid-retry leaves a lease that expires, and the letter is claimed again. Settling
+saves from the claimed version, so a claimer that lost its lease can no longer count its
+attempt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, DESCENDING
+from pymongo.database import Database
 
 from execmesh.deadletters.letter import DeadLetter, State
+from execmesh.versioned import VersionConflict, VersionedCollection, retry_on_conflict
 
+COLLECTION = "dead_letters"
 HISTORY_LIMIT = 20
+_RETRYABLE = (State.PENDING, State.PARKED)
 
 
 class DeadLetterStore:
-    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
-        self.collection = collection
+    def __init__(self, database: Database[dict[str, Any]], name: str = COLLECTION) -> None:
+        self.documents = VersionedCollection(database, name)
 
     def ensure_indexes(self) -> None:
-        self.collection.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)])
-        self.collection.create_index([("attributes.type", ASCENDING)])
-        self.collection.create_index([("created_at", DESCENDING)])
+        self.documents.ensure_indexes()
+        # One index on the heads: every index slows every write on FerretDB.
+        self.documents.heads.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)])
 
     def add(self, letter: DeadLetter) -> bool:
         """Store a new dead letter; ``False`` if it is already known (a redelivery)."""
         try:
-            self.collection.insert_one(to_document(letter))
-        except DuplicateKeyError:
+            self.documents.save(letter.id, to_document(letter), 0)
+        except VersionConflict:
             return False
         return True
 
     def get(self, letter_id: str) -> DeadLetter | None:
-        document = self.collection.find_one({"_id": letter_id})
+        document = self.documents.get(letter_id)
         return None if document is None else from_document(document)
 
     def find(
-        self, *, state: State | None = None, event_type: str | None = None, limit: int = 100
+        self,
+        *,
+        state: State | None = None,
+        event_type: str | None = None,
+        query: Mapping[str, Any] | None = None,
+        limit: int = 100,
     ) -> list[DeadLetter]:
-        query: dict[str, Any] = {}
+        """Letters newest first; heads may lag, so each is read at its latest version."""
+        selection: dict[str, Any] = dict(query or {})
         if state is not None:
-            query["state"] = state.value
+            selection["state"] = state.value
         if event_type is not None:
-            query["attributes.type"] = event_type
-        cursor = self.collection.find(query).sort("created_at", DESCENDING).limit(limit)
-        return [from_document(d) for d in cursor]
+            selection["attributes.type"] = event_type
+        heads = self.documents.find_heads(selection, [("created_at", DESCENDING)], limit)
+        letters = [self.get(head["_id"]) for head in heads]
+        return [
+            letter
+            for letter in letters
+            if letter is not None and (state is None or letter.state is state)
+        ]
 
     def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[DeadLetter]:
         """Claim up to ``limit`` letters due now, including ones whose claimer died."""
-        claimed = []
         due = {
             "$or": [
                 {"state": State.PENDING.value, "next_attempt_at": {"$lte": now}},
                 {"state": State.RETRYING.value, "lease_until": {"$lte": now}},
             ]
         }
-        for _ in range(limit):
-            document = self.collection.find_one_and_update(
-                due,
-                {"$set": {"state": State.RETRYING.value, "lease_until": now + lease}},
-                sort=[("next_attempt_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
-            if document is None:
-                break
-            claimed.append(from_document(document))
+        claimed = []
+        for head in self.documents.find_heads(due, [("next_attempt_at", ASCENDING)], limit):
+            letter = self.get(head["_id"])
+            if letter is None or not is_due(letter, now):
+                continue
+            claim = replace(letter, state=State.RETRYING, lease_until=now + lease)
+            try:
+                version = self.documents.save(letter.id, to_document(claim), letter.version)
+            except VersionConflict:
+                continue  # another dlq instance claimed it (or an admin changed it) first
+            claimed.append(replace(claim, version=version))
         return claimed
 
     def settle(
@@ -85,42 +102,67 @@ class DeadLetterStore:
     ) -> bool:
         """Record one attempt's outcome, if this claim is still ours."""
         entry = {"at": now, "attempt": letter.attempts + 1, "outcome": outcome[:500]}
-        update = {
-            "$set": {
-                "state": state.value,
-                "last_error": "" if state is State.DELIVERED else outcome[:4096],
-                "next_attempt_at": next_attempt_at or now,
-                "lease_until": None,
-            },
-            "$inc": {"attempts": 1},
-            "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
-        }
-        result = self.collection.update_one(
-            {"_id": letter.id, "state": State.RETRYING.value, "attempts": letter.attempts},
-            update,
+        settled = replace(
+            letter,
+            state=state,
+            attempts=letter.attempts + 1,
+            last_error="" if state is State.DELIVERED else outcome[:4096],
+            next_attempt_at=next_attempt_at or now,
+            lease_until=None,
+            history=(*letter.history, entry)[-HISTORY_LIMIT:],
         )
-        return result.modified_count == 1
+        try:
+            self.documents.save(letter.id, to_document(settled), letter.version)
+        except VersionConflict:
+            return False
+        return True
 
-    def retry_now(self, query: Mapping[str, Any], now: datetime) -> int:
+    def retry_now(self, query: Mapping[str, Any], now: datetime, limit: int = 1000) -> int:
         """Make matching pending or parked letters due at once; how many were."""
-        states = [State.PENDING.value, State.PARKED.value]
-        result = self.collection.update_many(
-            {**query, "state": {"$in": states}},
-            {"$set": {"state": State.PENDING.value, "next_attempt_at": now}},
+        selection = {**query, "state": {"$in": [s.value for s in _RETRYABLE]}}
+        heads = self.documents.find_heads(selection, [("created_at", ASCENDING)], limit)
+        return sum(
+            self._change(
+                head["_id"],
+                lambda letter: letter.state in _RETRYABLE,
+                lambda letter: replace(letter, state=State.PENDING, next_attempt_at=now),
+            )
+            for head in heads
         )
-        return result.matched_count
 
     def discard(self, letter_id: str) -> bool:
-        result = self.collection.update_one(
-            {"_id": letter_id, "state": {"$ne": State.RETRYING.value}},
-            {"$set": {"state": State.DISCARDED.value}},
+        return self._change(
+            letter_id,
+            lambda letter: letter.state is not State.RETRYING,
+            lambda letter: replace(letter, state=State.DISCARDED),
         )
-        return result.modified_count == 1
+
+    def _change(
+        self,
+        letter_id: str,
+        allowed: Callable[[DeadLetter], bool],
+        change: Callable[[DeadLetter], DeadLetter],
+    ) -> bool:
+        def attempt() -> bool:
+            letter = self.get(letter_id)
+            if letter is None or not allowed(letter):
+                return False
+            self.documents.save(letter_id, to_document(change(letter)), letter.version)
+            return True
+
+        return retry_on_conflict(attempt, f"dead letter {letter_id}")
+
+
+def is_due(letter: DeadLetter, now: datetime) -> bool:
+    if letter.state is State.PENDING:
+        return letter.next_attempt_at <= now
+    return letter.state is State.RETRYING and (
+        letter.lease_until is None or letter.lease_until <= now
+    )
 
 
 def to_document(letter: DeadLetter) -> dict[str, Any]:
     return {
-        "_id": letter.id,
         "attributes": dict(letter.attributes),
         "data": letter.data,
         "destination": letter.destination,
@@ -132,7 +174,7 @@ def to_document(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "last_error": letter.last_error,
         "history": list(letter.history),
-        "lease_until": None,
+        "lease_until": letter.lease_until,
     }
 
 
@@ -147,12 +189,15 @@ def from_document(document: Mapping[str, Any]) -> DeadLetter:
         created_at=_utc(document["created_at"]),
         next_attempt_at=_utc(document["next_attempt_at"]),
     )
+    lease_until = document.get("lease_until")
     return replace(
         letter,
         state=State(document["state"]),
         attempts=int(document.get("attempts", 0)),
         last_error=document.get("last_error", ""),
         history=tuple(document.get("history", ())),
+        lease_until=None if lease_until is None else _utc(lease_until),
+        version=int(document.get("version", 0)),
     )
 
 

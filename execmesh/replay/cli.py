@@ -15,11 +15,9 @@ from execmesh.mongo import connect
 from execmesh.replay.sessions import Session, SessionStore
 from execmesh.settings import Settings
 
-COLLECTION = "replay_sessions"
-
 
 def sessions_from(settings: Settings) -> SessionStore:
-    return SessionStore(connect(settings)[COLLECTION])
+    return SessionStore(connect(settings))
 
 
 def describe(session: Session) -> str:

@@ -27,7 +27,6 @@ from execmesh.settings import Settings
 log = logging.getLogger(__name__)
 
 EVENTS = "events"
-SESSIONS = "replay_sessions"
 MAX_RUNNING_SESSIONS = 2
 
 
@@ -45,9 +44,11 @@ class ReplayService:
         database = connect(settings)
         events = EventStore(database[EVENTS])
         events.ensure_indexes()
+        sessions = SessionStore(database)
+        sessions.ensure_indexes()
         return cls(
             events=events,
-            sessions=SessionStore(database[SESSIONS]),
+            sessions=sessions,
             broker_url=settings.k_sink,
             owner=f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
             pool=ThreadPoolExecutor(MAX_RUNNING_SESSIONS, thread_name_prefix="replay"),

@@ -7,18 +7,22 @@ after every batch, and a session whose lease ran out is resumed by whoever claim
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ReturnDocument
-from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.database import Database
 
 from execmesh.events import ReplayRequested
 from execmesh.replay.eventstore import EventFilter
+from execmesh.versioned import VersionConflict, VersionedCollection, retry_on_conflict
+
+COLLECTION = "replay_sessions"
+# Orphaned sessions looked at per claim without an id (on the ping).
+CLAIM_SCAN = 10
 
 
 class SessionState(StrEnum):
@@ -53,6 +57,11 @@ class Session:
     anchor: datetime | None = None
     first_event_time: datetime | None = None
     finished_at: datetime | None = None
+    owner: str | None = None
+    # Names one claim of the session: a runner whose claim was superseded stops.
+    claim: str | None = None
+    lease_until: datetime | None = None
+    version: int = 0
 
 
 def session_from_request(request: ReplayRequested, now: datetime) -> Session:
@@ -84,101 +93,160 @@ def due_at(session: Session, event_time: datetime) -> datetime | None:
 
 
 class SessionStore:
-    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
-        self.collection = collection
+    """Sessions as versioned documents: every change is a compare-and-set save.
+
+    A conditional update is not atomic on FerretDB 1.x (two replicas would both claim one
+    session, and a checkpoint could undo a pause); the insert of a unique version id is, on
+    every backend (see ``execmesh.versioned``).
+    """
+
+    def __init__(self, database: Database[dict[str, Any]], name: str = COLLECTION) -> None:
+        self.documents = VersionedCollection(database, name)
+
+    def ensure_indexes(self) -> None:
+        self.documents.ensure_indexes()
 
     def create(self, session: Session) -> bool:
         try:
-            self.collection.insert_one(_to_document(session))
-        except DuplicateKeyError:
+            self.documents.save(session.id, _to_document(session), 0)
+        except VersionConflict:
             return False
         return True
 
     def get(self, session_id: str) -> Session | None:
-        document = self.collection.find_one({"_id": session_id})
+        document = self.documents.get(session_id)
         return None if document is None else _from_document(document)
 
     def find(self, limit: int = 100) -> list[Session]:
-        cursor = self.collection.find({}).sort("created_at", -1).limit(limit)
-        return [_from_document(d) for d in cursor]
+        heads = self.documents.find_heads({}, [("created_at", -1)], limit)
+        return [s for head in heads if (s := self.get(head["_id"])) is not None]
 
     def claim(
         self, session_id: str | None, owner: str, now: datetime, lease: timedelta
     ) -> Session | None:
         """Take a session to run: a pending one, or an active one whose runner went silent."""
-        query: dict[str, Any] = {
-            "state": {"$in": [s.value for s in ACTIVE]},
-            "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}],
-        }
         if session_id is not None:
-            query["_id"] = session_id
-        document = self.collection.find_one_and_update(
-            query,
-            {
-                "$set": {
-                    "state": SessionState.RUNNING.value,
-                    "owner": owner,
-                    "lease_until": now + lease,
-                }
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        return None if document is None else _from_document(document)
+            candidates = [session_id]
+        else:
+            orphaned = {
+                "state": {"$in": [s.value for s in ACTIVE]},
+                "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}],
+            }
+            heads = self.documents.find_heads(orphaned, [("created_at", 1)], CLAIM_SCAN)
+            candidates = [head["_id"] for head in heads]
+        for candidate in candidates:
+            session = self.get(candidate)
+            if session is None or not is_claimable(session, now):
+                continue
+            claimed = replace(
+                session,
+                state=SessionState.RUNNING,
+                owner=owner,
+                claim=uuid.uuid4().hex,
+                lease_until=now + lease,
+            )
+            try:
+                version = self.documents.save(session.id, _to_document(claimed), session.version)
+            except VersionConflict:
+                continue  # another replica claimed it, or it was paused or cancelled meanwhile
+            return replace(claimed, version=version)
+        return None
 
     def checkpoint(
         self, session: Session, owner: str, now: datetime, lease: timedelta
     ) -> Session | None:
         """Save progress and renew the lease; ``None`` once the session is no longer ours to
         run (paused, cancelled, or taken over). Progress made before a pause is kept."""
-        document = self.collection.find_one_and_update(
-            {"_id": session.id, "owner": owner},
-            {"$set": {**_progress(session), "lease_until": now + lease}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is None or document["state"] != SessionState.RUNNING.value:
-            return None
-        return _from_document(document)
+
+        def attempt() -> Session | None:
+            current = self.get(session.id)
+            if current is None or current.claim != session.claim:
+                return None
+            running = current.state is SessionState.RUNNING
+            saved = replace(
+                _with_progress(current, session),
+                lease_until=now + lease if running else current.lease_until,
+            )
+            version = self.documents.save(session.id, _to_document(saved), current.version)
+            return replace(saved, version=version) if running else None
+
+        return retry_on_conflict(attempt, f"replay session {session.id}")
 
     def finish(self, session: Session, owner: str, now: datetime) -> bool:
-        result = self.collection.update_one(
-            {"_id": session.id, "owner": owner, "state": SessionState.RUNNING.value},
-            {
-                "$set": {
-                    **_progress(session),
-                    "state": SessionState.FINISHED.value,
-                    "finished_at": now,
-                    "lease_until": None,
-                }
-            },
-        )
-        return result.modified_count == 1
+        def attempt() -> bool:
+            current = self.get(session.id)
+            if (
+                current is None
+                or current.claim != session.claim
+                or current.state is not SessionState.RUNNING
+            ):
+                return False
+            finished = replace(
+                _with_progress(current, session),
+                state=SessionState.FINISHED,
+                finished_at=now,
+                lease_until=None,
+            )
+            self.documents.save(session.id, _to_document(finished), current.version)
+            return True
+
+        return retry_on_conflict(attempt, f"replay session {session.id}")
 
     def pause(self, session_id: str) -> bool:
-        return self._move(session_id, ACTIVE, SessionState.PAUSED)
+        return self._change(
+            session_id,
+            lambda s: s.state in ACTIVE,
+            lambda s: replace(s, state=SessionState.PAUSED, lease_until=None),
+        )
 
     def resume(self, session_id: str, now: datetime) -> bool:
-        # The pause must not be replayed as a gap: re-anchor from where the cursor stands.
-        session = self.get(session_id)
-        if session is None or session.state is not SessionState.PAUSED:
-            return False
-        # Clearing the lease matters: a runner that saw the pause late may have renewed it.
-        update: dict[str, Any] = {"state": SessionState.PENDING.value, "lease_until": None}
-        if session.cursor and session.first_event_time and session.speed:
-            update["anchor"] = now - (session.cursor[0] - session.first_event_time) / session.speed
-        result = self.collection.update_one(
-            {"_id": session_id, "state": SessionState.PAUSED.value}, {"$set": update}
-        )
-        return result.modified_count == 1
+        def resumed(session: Session) -> Session:
+            # The pause must not be replayed as a gap: re-anchor from where the cursor stands.
+            # Clearing the lease matters: a runner that saw the pause late may have renewed it.
+            anchor = session.anchor
+            if session.cursor and session.first_event_time and session.speed:
+                anchor = now - (session.cursor[0] - session.first_event_time) / session.speed
+            return replace(session, state=SessionState.PENDING, lease_until=None, anchor=anchor)
+
+        return self._change(session_id, lambda s: s.state is SessionState.PAUSED, resumed)
 
     def cancel(self, session_id: str) -> bool:
-        return self._move(session_id, (*ACTIVE, SessionState.PAUSED), SessionState.CANCELLED)
-
-    def _move(self, session_id: str, sources: tuple[SessionState, ...], to: SessionState) -> bool:
-        result = self.collection.update_one(
-            {"_id": session_id, "state": {"$in": [s.value for s in sources]}},
-            {"$set": {"state": to.value, "lease_until": None}},
+        return self._change(
+            session_id,
+            lambda s: s.state in (*ACTIVE, SessionState.PAUSED),
+            lambda s: replace(s, state=SessionState.CANCELLED, lease_until=None),
         )
-        return result.modified_count == 1
+
+    def _change(
+        self,
+        session_id: str,
+        allowed: Callable[[Session], bool],
+        change: Callable[[Session], Session],
+    ) -> bool:
+        def attempt() -> bool:
+            session = self.get(session_id)
+            if session is None or not allowed(session):
+                return False
+            self.documents.save(session_id, _to_document(change(session)), session.version)
+            return True
+
+        return retry_on_conflict(attempt, f"replay session {session_id}")
+
+
+def is_claimable(session: Session, now: datetime) -> bool:
+    return session.state in ACTIVE and (session.lease_until is None or session.lease_until <= now)
+
+
+def _with_progress(current: Session, progress: Session) -> Session:
+    return replace(
+        current,
+        matched=progress.matched,
+        emitted=progress.emitted,
+        preview=progress.preview,
+        cursor=progress.cursor,
+        anchor=progress.anchor,
+        first_event_time=progress.first_event_time,
+    )
 
 
 def _progress(session: Session) -> dict[str, Any]:
@@ -194,7 +262,6 @@ def _progress(session: Session) -> dict[str, Any]:
 
 def _to_document(session: Session) -> dict[str, Any]:
     return {
-        "_id": session.id,
         "selection": asdict(session.selection),
         "target": session.target,
         "created_at": session.created_at,
@@ -204,9 +271,10 @@ def _to_document(session: Session) -> dict[str, Any]:
         "max_count": session.max_count,
         "reprocess": session.reprocess,
         "state": session.state.value,
-        "finished_at": None,
-        "owner": None,
-        "lease_until": None,
+        "finished_at": session.finished_at,
+        "owner": session.owner,
+        "claim": session.claim,
+        "lease_until": session.lease_until,
         **_progress(session),
     }
 
@@ -241,6 +309,10 @@ def _from_document(document: Mapping[str, Any]) -> Session:
         anchor=_utc(document.get("anchor")),
         first_event_time=_utc(document.get("first_event_time")),
         finished_at=_utc(document.get("finished_at")),
+        owner=document.get("owner"),
+        claim=document.get("claim"),
+        lease_until=_utc(document.get("lease_until")),
+        version=int(document.get("version", 0)),
     )
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +56,7 @@ def sink_server() -> Iterator[tuple[str, Sink]]:
 
 @pytest.fixture
 def store(mongo_database: Database[dict[str, Any]]) -> DeadLetterStore:
-    store = DeadLetterStore(mongo_database["dlq"])
+    store = DeadLetterStore(mongo_database)
     store.ensure_indexes()
     return store
 
@@ -175,3 +175,41 @@ def test_redeliver_reports_an_unreachable_destination_as_a_failure() -> None:
         attempt = redeliver(client, letter_to("http://127.0.0.1:9/"))
     assert attempt == Attempt(False, attempt.outcome)
     assert "ConnectError" in attempt.outcome
+
+
+def race(threads: int, work: Callable[[int], None]) -> None:
+    """Run ``work`` on ``threads`` threads released at once."""
+    start = threading.Barrier(threads)
+
+    def run(n: int) -> None:
+        start.wait(timeout=10)
+        work(n)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+
+def test_dlq_replicas_racing_for_due_letters_claim_each_exactly_once(
+    store: DeadLetterStore,
+) -> None:
+    # FerretDB's find_one_and_update is not atomic: the old claim gave 28 claims of 10 letters.
+    for n in range(10):
+        store.add(letter_to("http://unused/", f"e{n}"))
+    claimed: list[str] = []
+    race(8, lambda _: claimed.extend(x.id for x in store.claim_due(NOW, CLAIM_LEASE, 10)))
+    assert len(claimed) == 10
+    assert len(set(claimed)) == 10
+
+
+def test_two_settles_of_one_claim_count_one_attempt(store: DeadLetterStore) -> None:
+    store.add(letter_to("http://unused/"))
+    [claimed] = store.claim_due(NOW, CLAIM_LEASE, limit=1)
+    won: list[bool] = []
+    race(
+        6, lambda n: won.append(store.settle(claimed, state=State.PENDING, outcome=f"{n}", now=NOW))
+    )
+    assert sorted(won) == [False] * 5 + [True]
+    assert store.find()[0].attempts == 1

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +36,9 @@ def events(mongo_database: Database[dict[str, Any]]) -> EventStore:
 
 @pytest.fixture
 def sessions(mongo_database: Database[dict[str, Any]]) -> SessionStore:
-    return SessionStore(mongo_database["replay_sessions"])
+    store = SessionStore(mongo_database)
+    store.ensure_indexes()
+    return store
 
 
 def record_timeline(events: EventStore, execution: str, gap: timedelta) -> None:
@@ -50,10 +55,12 @@ def record_timeline(events: EventStore, execution: str, gap: timedelta) -> None:
         events.record(stored_event(attributes, {"execution_id": execution, "n": n}, T0))
 
 
-def start(sessions: SessionStore, **request: Any) -> Session:
-    session = session_from_request(ReplayRequested(session_id="s1", **request), datetime.now(UTC))
+def start(sessions: SessionStore, session_id: str = "s1", **request: Any) -> Session:
+    session = session_from_request(
+        ReplayRequested(session_id=session_id, **request), datetime.now(UTC)
+    )
     assert sessions.create(session)
-    claimed = sessions.claim("s1", "a", datetime.now(UTC), LEASE)
+    claimed = sessions.claim(session_id, "a", datetime.now(UTC), LEASE)
     assert claimed is not None
     return claimed
 
@@ -75,7 +82,7 @@ def test_a_replay_reproduces_one_executions_timeline_in_order_marked_as_replayed
 
 
 def test_a_dry_run_counts_what_the_real_run_emits_and_emits_nothing(
-    events: EventStore, sessions: SessionStore, mongo_database: Database[dict[str, Any]]
+    events: EventStore, sessions: SessionStore
 ) -> None:
     record_timeline(events, "exec-a", timedelta(seconds=1))
     record_timeline(events, "exec-b", timedelta(seconds=1))
@@ -84,8 +91,7 @@ def test_a_dry_run_counts_what_the_real_run_emits_and_emits_nothing(
     dry = runner.run(start(sessions, exclude_types=("io.execmesh.pod.created",), dry_run=True))
     assert sent == []
     assert len(dry.preview) == dry.matched == 6
-    mongo_database["replay_sessions"].delete_many({})
-    real = runner.run(start(sessions, exclude_types=("io.execmesh.pod.created",)))
+    real = runner.run(start(sessions, "s2", exclude_types=("io.execmesh.pod.created",)))
     assert real.emitted == len(sent) == dry.matched
 
 
@@ -168,3 +174,63 @@ def test_pause_then_resume_continues_without_replaying_the_pause_as_a_gap(
     assert resumed is not None
     SessionRunner(events, sessions, lambda _, e: sent.append(e), owner="a").run(resumed)
     assert len(sent) == 4
+
+
+def race(threads: int, work: Callable[[int], None]) -> None:
+    start = threading.Barrier(threads)
+
+    def run(n: int) -> None:
+        start.wait(timeout=10)
+        work(n)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+
+def test_replicas_racing_to_claim_a_session_give_it_to_exactly_one(
+    sessions: SessionStore,
+) -> None:
+    # FerretDB's find_one_and_update is not atomic: the old claim gave 46 claims of 10 sessions.
+    now = datetime.now(UTC)
+    for n in range(10):
+        sessions.create(session_from_request(ReplayRequested(session_id=f"s{n}"), now))
+    claims: list[tuple[str, str]] = []
+
+    def claim_all(n: int) -> None:
+        for _ in range(10):
+            claimed = sessions.claim(None, f"replica-{n}", now, LEASE)
+            if claimed is not None:
+                claims.append((claimed.id, f"replica-{n}"))
+
+    race(6, claim_all)
+    assert sorted(session_id for session_id, _ in claims) == sorted(f"s{n}" for n in range(10))
+    for session_id, owner in claims:
+        assert sessions.get(session_id).owner == owner  # type: ignore[union-attr]
+
+
+def test_a_pause_racing_a_runners_checkpoints_is_never_undone(
+    sessions: SessionStore,
+) -> None:
+    claimed = start(sessions)
+    stop = threading.Event()
+
+    def keep_checkpointing(_: int) -> None:
+        progress = claimed
+        while not stop.is_set():
+            progress = replace(progress, emitted=progress.emitted + 1)
+            if sessions.checkpoint(progress, "a", datetime.now(UTC), LEASE) is None:
+                return
+
+    runner = threading.Thread(target=keep_checkpointing, args=(0,))
+    runner.start()
+    time.sleep(0.05)
+    assert sessions.pause("s1")
+    time.sleep(0.2)
+    stop.set()
+    runner.join(timeout=10)
+    paused = sessions.get("s1")
+    assert paused is not None and paused.state is SessionState.PAUSED
+    assert paused.emitted > 0  # progress made before the pause is kept
