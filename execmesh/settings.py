@@ -54,6 +54,8 @@ class Settings:
     default_output_bytes: int = 1024 * 1024
     # A slot is leased for the execution's timeout plus this; a lost run frees it on expiry.
     lease_seconds: float = 120.0
+    # A multiplier on the dlq's retry delays (tests make them fast).
+    dlq_delay_scale: float = 1.0
     # API gateway: per-user requests per second, executions in flight per user, body size.
     api_rate_per_second: int = 20
     api_max_active_per_user: int = 50

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from execmesh.deadletters.letter import ERROR_DEST, DeadLetter, State, from_cloud_event
-from execmesh.deadletters.policy import RetryPolicy, policy_for
+from execmesh.deadletters.policy import RetryPolicy, policy_for, scaled_policies
 from execmesh.deadletters.retrier import Attempt, first_attempt_at, redeliver, retry_due
 from execmesh.deadletters.store import DeadLetterStore
 from execmesh.events import DlqParked, PingTick
@@ -38,7 +38,7 @@ class DeadLetterOffice:
         store = DeadLetterStore(connect(settings))
         store.ensure_indexes()
         client = httpx.Client(timeout=REDELIVERY_TIMEOUT_SECONDS)
-        return cls(store, partial(redeliver, client))
+        return cls(store, partial(redeliver, client), scaled_policies(settings.dlq_delay_scale))
 
     def handle(self, event: IncomingEvent) -> list[Emission]:
         if event.type == PingTick.TYPE and ERROR_DEST not in event.extensions:

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from execmesh.deadletters.letter import ERROR_CODE, ERROR_DATA, ERROR_DEST, from_cloud_event
-from execmesh.deadletters.policy import DEFAULT_POLICY, IMMEDIATE, NEVER, RetryPolicy, policy_for
+from execmesh.deadletters.policy import (
+    DEFAULT_POLICY,
+    IMMEDIATE,
+    NEVER,
+    RetryPolicy,
+    policy_for,
+    scaled_policies,
+)
 
 RNG = random.Random(7)
 
@@ -63,3 +70,12 @@ def test_a_dead_letter_keeps_the_original_event_apart_from_the_error_details() -
     assert set(letter.attributes) == {"specversion", "id", "source", "type"}
     again = from_cloud_event(attributes, {"a": 1}, now + timedelta(minutes=1))
     assert again.id == letter.id
+
+
+def test_a_delay_scale_shrinks_every_delay_but_keeps_the_attempts() -> None:
+    fast = scaled_policies(0.01)("io.execmesh.execution.completed")
+    normal = policy_for("io.execmesh.execution.completed")
+    assert fast.max_attempts == normal.max_attempts
+    assert fast.base_delay == normal.base_delay / 100
+    assert fast.max_delay == normal.max_delay / 100
+    assert scaled_policies(1) is policy_for
