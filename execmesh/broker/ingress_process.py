@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -123,7 +124,10 @@ async def serve(fd: int, topics: Mapping[str, str], bootstrap: str) -> None:
 
 def _stop_when_parent_dies(stop: Callable[[], None]) -> None:
     def watch() -> None:
-        sys.stdin.buffer.read()
+        # os.read, not sys.stdin: a daemon thread inside BufferedReader's lock makes the
+        # interpreter's shutdown abort.
+        while os.read(sys.stdin.fileno(), 1024):
+            pass
         stop()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
