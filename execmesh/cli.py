@@ -20,6 +20,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "services": ("execmesh.localservices", "start, stop or check Kafka, FerretDB and Redis"),
     "dlq": ("execmesh.deadletters.cli", "list, show, retry or discard dead letters"),
     "replay": ("execmesh.replay.cli", "start and steer replay sessions"),
+    "run": ("execmesh.client.cli:run", "run a file through the API and print its output"),
+    "status": ("execmesh.client.cli:status", "show an execution's status and result"),
+    "cancel": ("execmesh.client.cli:cancel", "cancel an execution"),
+    "list": ("execmesh.client.cli:list_", "list your executions"),
+    "keys": ("execmesh.client.keys_cli", "create API keys"),
 }
 
 
@@ -38,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"execmesh: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
-    result: int = module.main(rest)
+    # "module" runs module.main; "module:function" runs that function of the module.
+    module_name, _, function = SUBCOMMANDS[command][0].partition(":")
+    module = importlib.import_module(module_name)
+    result: int = getattr(module, function or "main")(rest)
     return result
 
 

@@ -1,0 +1,1 @@
+"""The execmesh API gateway: a Starlette application under ``/api/v1`` (see ``api.app``)."""

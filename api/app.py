@@ -1,0 +1,86 @@
+"""The execmesh API gateway: ``uvicorn api.app:app`` (``execmesh up`` starts it).
+
+Under ``/api/v1``: executions (submit, batch, read, list, cancel, events, output), runtimes,
+the admin queue state and the OpenAPI document; ``/health/*`` for probes; ``POST /`` is where
+the ``api`` Trigger delivers the lifecycle events that feed the live streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from api import executions, problems, system
+from api.bodylimit import BodySizeLimit
+from api.gateway import Gateway
+from execmesh.errors import ExecmeshError
+from execmesh.settings import Settings
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+V1 = "/api/v1"
+
+ROUTES = [
+    Route(f"{V1}/executions", executions.submit, methods=["POST"]),
+    Route(f"{V1}/executions", executions.list_executions, methods=["GET"]),
+    Route(f"{V1}/executions/batch", executions.submit_batch, methods=["POST"]),
+    Route(f"{V1}/executions/{{execution_id}}", executions.get_execution, methods=["GET"]),
+    Route(f"{V1}/executions/{{execution_id}}/cancel", executions.cancel, methods=["POST"]),
+    Route(f"{V1}/executions/{{execution_id}}/events", executions.events, methods=["GET"]),
+    Route(
+        f"{V1}/executions/{{execution_id}}/output/{{stream}}", executions.output, methods=["GET"]
+    ),
+    Route(f"{V1}/runtimes", system.runtimes, methods=["GET"]),
+    Route(f"{V1}/admin/queue", executions.queue_state, methods=["GET"]),
+    Route(f"{V1}/openapi.json", system.openapi, methods=["GET"]),
+    Route("/health/liveness", system.liveness, methods=["GET"]),
+    Route("/health/readiness", system.readiness, methods=["GET"]),
+    Route("/", system.receive_event, methods=["POST"]),
+]
+
+
+def create_app(
+    settings: Settings | None = None,
+    make_gateway: Callable[[Settings], Gateway] = Gateway.from_settings,
+    *,
+    run_outbox: bool = True,
+) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        gateway = make_gateway(settings)
+        await anyio.to_thread.run_sync(gateway.records.ensure_indexes)
+        # Probing the interpreters takes a moment: not on the first request's time.
+        await anyio.to_thread.run_sync(gateway.runtimes)
+        async with anyio.create_task_group() as tasks:
+            if run_outbox:
+                tasks.start_soon(gateway.outbox.run)
+            try:
+                yield {"gateway": gateway}
+            finally:
+                tasks.cancel_scope.cancel()
+                await gateway.aclose()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            problems.Problem: problems.on_problem,
+            HTTPException: problems.on_http_exception,
+            ExecmeshError: problems.on_execmesh_error,
+            Exception: problems.on_unexpected,
+        },
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    return app
+
+
+app = create_app()

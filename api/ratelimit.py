@@ -1,0 +1,114 @@
+"""Per-user protection in Redis: a request rate and a number of executions in flight.
+
+The rate is a fixed one-second window per user (one ``INCR`` in a script), answered with the
+``RateLimit`` header fields (draft-ietf-httpapi-ratelimit-headers) on every response and
+``Retry-After`` on a 429. The in-flight quota is a sorted set of the user's unfinished
+executions: a slot is taken at submission and given back when the API hears the terminal
+event; a slot whose terminal event was never heard lapses after ``stale_after_ms``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+
+from execmesh.errors import TransientError
+
+PREFIX = "execmesh:api"
+WINDOW_MS = 1000
+
+_RATE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+"""
+
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+            "RateLimit-Policy": f"{self.limit};w={WINDOW_MS // 1000}",
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset_seconds)
+        return headers
+
+
+def rate_decision(count: int, ttl_ms: int, limit: int) -> RateDecision:
+    return RateDecision(
+        allowed=count <= limit,
+        limit=limit,
+        remaining=max(0, limit - count),
+        reset_seconds=max(1, math.ceil(ttl_ms / 1000)),
+    )
+
+
+class Protection:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rate_per_second: int,
+        max_active: int,
+        stale_after_ms: int,
+    ) -> None:
+        self.client = client
+        self.rate_per_second = rate_per_second
+        self.max_active = max_active
+        self.stale_after_ms = stale_after_ms
+        self._rate = client.register_script(_RATE)
+        self._take = client.register_script(_TAKE_SLOT)
+
+    async def hit(self, user_id: str) -> RateDecision:
+        try:
+            count, ttl = await self._rate(keys=[f"{PREFIX}:rate:{user_id}"], args=[WINDOW_MS])
+        except redis.RedisError as error:
+            raise TransientError(f"redis: rate limit: {error}") from error
+        return rate_decision(int(count), int(ttl), self.rate_per_second)
+
+    async def take_slot(self, user_id: str, execution_id: str, now_ms: int) -> bool:
+        """Whether the user may have one more execution in flight (idempotent per id)."""
+        args: list[int | str] = [
+            now_ms - self.stale_after_ms,
+            self.max_active,
+            execution_id,
+            now_ms,
+            self.stale_after_ms,
+        ]
+        try:
+            taken = await self._take(keys=[_active(user_id)], args=args)
+        except redis.RedisError as error:
+            raise TransientError(f"redis: quota: {error}") from error
+        return bool(taken)
+
+    async def release_slot(self, user_id: str, execution_id: str) -> None:
+        try:
+            await self.client.zrem(_active(user_id), execution_id)
+        except redis.RedisError as error:
+            raise TransientError(f"redis: quota: {error}") from error
+
+
+def _active(user_id: str) -> str:
+    return f"{PREFIX}:active:{user_id}"
