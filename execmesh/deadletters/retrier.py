@@ -17,7 +17,9 @@ from execmesh.deadletters.store import DeadLetterStore
 
 log = logging.getLogger(__name__)
 
-CLAIM_LEASE = timedelta(seconds=60)
+# A letter is claimed just before its one delivery: a dlq instance that died holding it
+# delays its retry by this much, while a live one never takes longer than its timeout.
+CLAIM_LEASE = timedelta(seconds=15)
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,12 @@ def retry_due(
     rng: random.Random,
     limit: int = 50,
 ) -> list[DeadLetter]:
-    """Retry every letter due now; the ones parked by this round are returned."""
-    parked = []
-    for letter in store.claim_due(now, CLAIM_LEASE, limit):
+    """Retry up to ``limit`` letters due now; the ones parked by this round are returned."""
+    parked: list[DeadLetter] = []
+    for _ in range(limit):
+        letter = store.claim_next(now, CLAIM_LEASE)
+        if letter is None:
+            break
         attempt = deliver(letter)
         if attempt.delivered:
             store.settle(letter, state=State.DELIVERED, outcome=attempt.outcome, now=now)

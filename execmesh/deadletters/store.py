@@ -24,6 +24,8 @@ from execmesh.versioned import VersionConflict, VersionedCollection, retry_on_co
 
 COLLECTION = "dead_letters"
 HISTORY_LIMIT = 20
+# Due letters looked at per claim: others racing for the first ones leave these.
+CLAIM_SCAN = 10
 _RETRYABLE = (State.PENDING, State.PARKED)
 
 
@@ -72,14 +74,21 @@ class DeadLetterStore:
 
     def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[DeadLetter]:
         """Claim up to ``limit`` letters due now, including ones whose claimer died."""
+        claimed: list[DeadLetter] = []
+        while len(claimed) < limit and (letter := self.claim_next(now, lease)) is not None:
+            claimed.append(letter)
+        return claimed
+
+    def claim_next(self, now: datetime, lease: timedelta) -> DeadLetter | None:
+        """Claim the letter due first; ``None`` when none is due (or others won them all)."""
         due = {
             "$or": [
                 {"state": State.PENDING.value, "next_attempt_at": {"$lte": now}},
                 {"state": State.RETRYING.value, "lease_until": {"$lte": now}},
             ]
         }
-        claimed = []
-        for head in self.documents.find_heads(due, [("next_attempt_at", ASCENDING)], limit):
+        heads = self.documents.find_heads(due, [("next_attempt_at", ASCENDING)], CLAIM_SCAN)
+        for head in heads:
             letter = self.get(head["_id"])
             if letter is None or not is_due(letter, now):
                 continue
@@ -88,8 +97,8 @@ class DeadLetterStore:
                 version = self.documents.save(letter.id, to_document(claim), letter.version)
             except VersionConflict:
                 continue  # another dlq instance claimed it (or an admin changed it) first
-            claimed.append(replace(claim, version=version))
-        return claimed
+            return replace(claim, version=version)
+        return None
 
     def settle(
         self,
