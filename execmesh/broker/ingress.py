@@ -47,10 +47,11 @@ def build_app(topics: Mapping[str, str], event_log: EventLog) -> Starlette:
         topic = topics.get(path)
         if topic is None:
             return PlainTextResponse(f"no broker at {path}\n", status_code=404)
+        # One plain dict: Starlette's Headers scans its raw list on every lookup.
+        headers = dict(request.headers.items())
         try:
-            body = await _read_body(request)
-            # One plain dict: Starlette's Headers scans its raw list on every lookup.
-            event = from_http(dict(request.headers.items()), body)
+            body = await _read_body(request, headers.get("content-length"))
+            event = from_http(headers, body)
         except TooLarge:
             return PlainTextResponse(f"event over {MAX_EVENT_BYTES} bytes\n", status_code=413)
         except InvalidEvent as error:
@@ -60,18 +61,18 @@ def build_app(topics: Mapping[str, str], event_log: EventLog) -> Starlette:
     async def healthy(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    # The event route first: the router tries routes in order, on every request.
     routes = [
+        Route("/{namespace}/{broker}", receive, methods=["POST"]),
+        Route("/{namespace}/{broker}/", receive, methods=["POST"]),
         Route("/healthz", healthy, methods=["GET"]),
         Route("/health/liveness", healthy, methods=["GET"]),
         Route("/health/readiness", healthy, methods=["GET"]),
-        Route("/{namespace}/{broker}", receive, methods=["POST"]),
-        Route("/{namespace}/{broker}/", receive, methods=["POST"]),
     ]
     return Starlette(routes=routes)
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_body(request: Request, declared: str | None) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
         raise TooLarge
     chunks: list[bytes] = []

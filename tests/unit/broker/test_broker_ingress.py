@@ -126,3 +126,8 @@ def test_kafka_not_taking_the_event_is_503() -> None:
 def test_kafka_refusing_the_size_is_413() -> None:
     response = client(ListLog(PermanentError("too large"))).post(PATH, headers=HEADERS)
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/health/liveness", "/health/readiness"])
+def test_health_endpoints_answer_200(path: str) -> None:
+    assert client(ListLog()).request("GET", path).status_code == 200
