@@ -1,6 +1,9 @@
 """`execmesh broker`: the local Knative Kafka broker, ingress and one dispatcher per trigger.
 
-    execmesh broker [--eventing-dir DIR] [--port P] [--partitions N]
+    execmesh broker [--eventing-dir DIR] [--port P] [--partitions N] [--ingress-processes N]
+
+The ingress runs in its own process (by default one), the dispatchers in this one: taking
+events in and delivering them out then use two cores.
 
 SIGINT/SIGTERM stop it cleanly: the ingress stops taking events, deliveries in flight get a
 grace period, finished offsets are committed. Whatever did not finish is redelivered on the
