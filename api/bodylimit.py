@@ -7,8 +7,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.problems import Problem, problem_response
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Problem):
+    """Raised inside the app as the body streams in: the app's Problem handler answers it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over {max_bytes} bytes", code="body_too_large")
 
 
 class BodySizeLimit:
@@ -33,7 +36,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracked(message: Message) -> None:
@@ -49,7 +52,5 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        problem = Problem(
-            413, f"the request body is over {self.max_bytes} bytes", code="body_too_large"
-        )
+        problem = BodyTooLarge(self.max_bytes)
         await problem_response(problem, scope.get("path"))(scope, receive, send)
