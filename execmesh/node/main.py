@@ -24,13 +24,24 @@ log = logging.getLogger(__name__)
 def parse_args(argv: Sequence[str], settings: Settings) -> argparse.Namespace:
     local = settings.local_config()
     parser = argparse.ArgumentParser(prog="execmesh node", description=__doc__)
-    parser.add_argument("--host", default=local.host)
-    parser.add_argument("--port", type=int, default=local.node_port)
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir / "node")
+    parser.add_argument("--host", default=local.host, help="address to listen on")
+    parser.add_argument("--port", type=int, default=local.node_port, help="port of the API")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=settings.data_dir / "node",
+        help="pod records, logs and per-pod files (kept across restarts)",
+    )
     parser.add_argument("--max-running", type=int, default=16, help="pods run at once")
-    parser.add_argument("--log-bytes", type=int, default=NodeLimits.log_bytes)
-    parser.add_argument("--pids", type=int, default=NodeLimits.pids)
-    parser.add_argument("--watch-history", type=int, default=2000, help="events kept")
+    parser.add_argument(
+        "--log-bytes", type=int, default=NodeLimits.log_bytes, help="cap on each pod's log"
+    )
+    parser.add_argument(
+        "--pids", type=int, default=NodeLimits.pids, help="pids.max when the pod names none"
+    )
+    parser.add_argument(
+        "--watch-history", type=int, default=2000, help="events kept for watch resumes"
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(list(argv))
 

@@ -75,6 +75,19 @@ def test_the_log_is_the_raw_bytes_the_container_wrote(core: client.CoreV1Api) ->
     assert head.data == b"a\xff"
 
 
+def test_a_followed_log_streams_until_the_container_ends(core: client.CoreV1Api) -> None:
+    name = unique("follow")
+    core.create_namespaced_pod(
+        NAMESPACE, shell_pod(name, "for i in 1 2 3; do echo $i; sleep 0.3; done")
+    )
+    deadline = time.monotonic() + 10
+    while core.read_namespaced_pod(name, NAMESPACE).status.phase == "Pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stream = core.read_namespaced_pod_log(name, NAMESPACE, follow=True, _preload_content=False)
+    assert b"".join(stream.stream(16)) == b"1\n2\n3\n"
+
+
 def test_list_honours_equality_set_and_existence_label_selectors(core: client.CoreV1Api) -> None:
     run = uuid.uuid4().hex[:8]
     labels = {
