@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,13 +164,26 @@ def renamespaced_eventing(directory: Path, namespace: str) -> None:
 
 
 def start_mesh(
-    root: Path, *, port_offset: int = DEFAULT_PORT_OFFSET, redis_db: int = 9, **extra_env: str
+    root: Path,
+    *,
+    port_offset: int = DEFAULT_PORT_OFFSET,
+    redis_db: int = 9,
+    extra_manifests: Mapping[str, str] | None = None,
+    **extra_env: str,
 ) -> Iterator[Mesh]:
-    """Start every process; ``port_offset`` and ``redis_db`` tell concurrent meshes apart."""
+    """Start every process; ``port_offset`` and ``redis_db`` tell concurrent meshes apart.
+
+    ``extra_manifests`` (path under ``eventing/`` -> YAML in namespace ``execmesh``) add, for
+    example, a Trigger to a sink of the caller's own before the broker reads them.
+    """
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     config = root / "local.yaml"
     shifted_config(config, port_offset, namespace)
     renamespaced_eventing(root / "eventing", namespace)
+    for name, text in (extra_manifests or {}).items():
+        (root / "eventing" / name).write_text(
+            text.replace("namespace: execmesh", f"namespace: {namespace}")
+        )
     base = Settings.from_env()
     redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
@@ -205,9 +218,11 @@ def _delete_topic_and_groups(settings: Settings, namespace: str) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:
-        groups = [g for g, *_ in admin.list_consumer_groups() if f"-{namespace}-" in g]
+        # kafka-python 3 lists groups as dicts (``list_groups``/``delete_groups``).
+        listed = [g["group_id"] for g in admin.list_groups()]
+        groups = [g for g in listed if f"-{namespace}-" in g]
         if groups:
-            admin.delete_consumer_groups(groups)
+            admin.delete_groups(groups)
         admin.delete_topics([f"knative-broker-{namespace}-default"])
     except Exception as error:  # cleanup must not hide the test's own outcome
         print(f"cleanup of {namespace} in Kafka failed: {error}")
