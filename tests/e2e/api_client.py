@@ -15,7 +15,8 @@ from execmesh.client.keys import KeyStore, Role
 from execmesh.mongo import connect
 from tests.e2e.mesh import Mesh, start_mesh
 
-API_PORT_OFFSET = 12000
+# api 19920, broker 20000, node 20001, functions 20021-20026: clear of the other meshes.
+API_PORT_OFFSET = 11920
 API_REDIS_DB = 11
 
 
