@@ -52,7 +52,7 @@ PYTHON = Runtime(
     version_command=("/usr/bin/python3", "--version"),
 )
 KiB = 1024
-GO_SIZED = Limits(timeout_seconds=60, memory_bytes=1024 * KiB * KiB, tmp_bytes=256 * KiB * KiB)
+GO_SIZED = Limits(timeout_seconds=150, memory_bytes=1024 * KiB * KiB, tmp_bytes=256 * KiB * KiB)
 GO_CACHE = Path(tempfile.gettempdir()) / f"execmesh-test-gocache-{os.getuid()}"
 
 
@@ -423,7 +423,7 @@ def test_every_local_runtime_runs_a_program_through_the_entry_point(
         runtime=runtime,
         stdin="hi there",
         limits=limits,
-        timeout=90,
+        timeout=200,
     )
     report = run.report
     assert (report.stdout, report.stderr, report.exit_code) == (b"HI THERE", b"", 7)
@@ -440,7 +440,7 @@ def test_a_failed_build_reports_the_compilers_output_and_status(tmp_path: Path) 
         "package main\nfunc main() { x }\n",
         runtime=go[0],
         limits=limits,
-        timeout=90,
+        timeout=200,
     )
     report = run.report
     assert (report.build_failed, report.exit_code, report.stdout) == (True, 1, b"")
