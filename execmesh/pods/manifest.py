@@ -9,6 +9,7 @@ all traffic to and from executor pods. The dicts are what
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -141,7 +142,9 @@ def pod_annotations(spec: ExecutionSpec) -> dict[str, str]:
     }
 
 
+@functools.cache
 def entrypoint_script() -> str:
+    """The entry point shipped as package data: read once, it is a constant of the build."""
     return resources.files("execmesh.pods").joinpath(ENTRYPOINT_KEY).read_text("utf-8")
 
 
