@@ -23,6 +23,7 @@ from types import FrameType
 
 import uvicorn
 import uvloop
+from kafka.errors import KafkaError
 
 from execmesh.broker.dispatcher import AiohttpSender, Route, TriggerDispatcher
 from execmesh.broker.ingress import build_app
@@ -237,7 +238,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:
         log.error("%s", error)
         return 2
-    except TransientError as error:
+    except (TransientError, KafkaError) as error:
         log.error("broker stopped: %s", error)
         return 1
     return 0
