@@ -9,7 +9,7 @@ MYPY   := $(VENV)/bin/mypy
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services-up services-down services-status test test-unit lint fmt \
-        lock schemas schemas-check run clean-data
+        stage deploy lock schemas schemas-check run clean-data demo demo-stop openapi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ fmt: ## format and auto-fix with ruff
 	$(RUFF) format .
 	$(RUFF) check --fix .
 
+stage: ## stage each function with the library for `func deploy` (build/functions/)
+	$(PYTHON) scripts/stage_functions.py
+
+deploy: ## deploy to the current kubectl context with func and kubectl (REGISTRY=...)
+	bash scripts/deploy.sh
+
 lock: ## pin every installed Python package version into requirements.lock
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^#' > requirements.lock
 
@@ -53,6 +59,15 @@ schemas-check: ## fail when eventing/schemas/ is stale
 
 run: ## the whole local mesh in the foreground (needs services-up)
 	$(VENV)/bin/execmesh up
+
+demo: ## fresh machine to first run: setup, services, mesh in the background, a key, examples/hello.py via the API
+	bash examples/demo.sh
+
+demo-stop: ## stop the mesh `make demo` started in the background (services stay up)
+	@if [ -s .local/run/mesh.pid ]; then kill -TERM -- -$$(cat .local/run/mesh.pid) 2>/dev/null || true; rm -f .local/run/mesh.pid; echo "mesh stopped"; else echo "no mesh started by make demo"; fi
+
+openapi: ## regenerate api/openapi.json from the API's models
+	$(PYTHON) -m api.openapi
 
 clean-data: services-down ## stop the services and delete their data (keeps installs)
 	rm -rf .local/data .local/run .local/kafka/server.properties
