@@ -131,6 +131,8 @@ class Hierarchy:
             _delegate_v2(self.base[""])
 
     def create(self, name: str, limits: Limits) -> PodCgroup:
+        if not all(directory.is_dir() for directory in self.base.values()):
+            self.prepare()
         group = PodCgroup(self.version, {key: path / name for key, path in self.base.items()})
         for directory in group.dirs.values():
             directory.mkdir(exist_ok=True)
@@ -141,6 +143,12 @@ class Hierarchy:
                 if not path.name.startswith(("memory.memsw.", "memory.swap.")):
                     raise  # swap accounting is optional; nothing else is
         return group
+
+    def remove(self) -> None:
+        """Remove the node's base groups, when no pod group is left in them."""
+        for directory in self.base.values():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
     def leftovers(self) -> list[PodCgroup]:
         """Every pod group under this node's base: at start, all of them are stale."""

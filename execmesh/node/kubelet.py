@@ -111,6 +111,7 @@ class Kubelet:
         await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
         if self._netns is not None:
             self._netns.close()
+        self._cgroups.remove()
 
     def _recover(self) -> None:
         started = set()
