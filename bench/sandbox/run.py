@@ -325,9 +325,30 @@ def main() -> int:
     results["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)
+    print(markdown(results))
     if args.json:
         args.json.write_text(text + "\n")
     return 0
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = ["| series | p50 ms | p99 ms | mean ms | n |", "|---|---:|---:|---:|---:|"]
+    for section in ("latency", "breakdown"):
+        for name, s in results[section].items():
+            rows.append(f"| {name} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_ms']} | {s['n']} |")
+    rate = results["throughput_per_s"]
+    rows += [
+        "",
+        f"p50 node / bare: **{results['ratio_p50_node_vs_bare']}x**",
+        "",
+        f"Throughput with {rate['workers']} concurrent submitters (per second): "
+        f"bare python3 {rate['bare python3']}, node pods print(1) {rate['node pods print(1)']}, "
+        f"node executions {rate['node executions']}.",
+        "",
+        f"Load average (1, 5, 15 min) at start {results['load_average_at_start']}, "
+        f"at end {results['load_average_at_end']}.",
+    ]
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
