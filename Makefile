@@ -64,7 +64,7 @@ demo: ## fresh machine to first run: setup, services, mesh in the background, a 
 	bash examples/demo.sh
 
 demo-stop: ## stop the mesh `make demo` started in the background (services stay up)
-	@if [ -s .local/run/mesh.pid ]; then kill -TERM -- -$$(cat .local/run/mesh.pid) 2>/dev/null || true; rm -f .local/run/mesh.pid; echo "mesh stopped"; else echo "no mesh started by make demo"; fi
+	bash examples/demo-stop.sh
 
 openapi: ## regenerate api/openapi.json from the API's models
 	$(PYTHON) -m api.openapi
