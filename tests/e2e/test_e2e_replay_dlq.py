@@ -10,7 +10,6 @@ still retries only on the ping (every second here).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import sys
 import threading
@@ -402,7 +401,7 @@ def test_at_speed_ten_a_replay_takes_a_tenth_of_the_original_gaps(
     mesh: Mesh, subscriber: Subscriber, sessions: SessionStore, events: EventStore
 ) -> None:
     timeline_id = f"paced-{uuid.uuid4().hex[:8]}"
-    for gap in (0.0, 1.0, 2.0, 1.5):
+    for gap in (0.0, 1.0, 2.5, 2.5):
         time.sleep(gap)
         post(mesh, event("io.execmesh.test.paced", subject=timeline_id))
     selection = EventFilter(execution_ids=[timeline_id])
@@ -415,12 +414,14 @@ def test_at_speed_ten_a_replay_takes_a_tenth_of_the_original_gaps(
     finished(sessions, session_id)
     received = sunk(subscriber, session_id)
     assert len(received) == 4
-    original = [(b.time - a.time).total_seconds() for a, b in itertools.pairwise(stored)]
-    replayed = [b.at - a.at for a, b in itertools.pairwise(received)]
-    print(f"\noriginal gaps {original}, replayed at speed 10 {replayed}")
+    original = [(e.time - stored[0].time).total_seconds() for e in stored]
+    replayed = [r.at - received[0].at for r in received]
+    print(f"\nat speed 10: original offsets {original}, replayed {replayed}")
+    # Each event within 0.2 s of its tenth (a busy 2-core box stalls a process that long),
+    # and the whole replay a tenth of the original: ASAP would be ~0, speed 1 would be 6 s.
     for before, now in zip(original, replayed, strict=True):
-        assert abs(now - before / 10) < 0.1, (original, replayed)
-    assert 0.08 <= sum(replayed) / sum(original) <= 0.13, (original, replayed)
+        assert abs(now - before / 10) < 0.2, (original, replayed)
+    assert 0.08 <= replayed[-1] / original[-1] <= 0.135, (original, replayed)
 
 
 # --- admin CLI ----------------------------------------------------------------------------
