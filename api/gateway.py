@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from pymongo.database import Database
 
 from api.auth import Authenticator
+from api.callbacks import Callbacks
 from api.outbox import Outbox
 from api.ratelimit import Protection
 from api.records import RequestRecords
@@ -44,6 +45,7 @@ class Gateway:
     server: ServerLimits
     admission: RedisAdmissionStore
     backend: Backend
+    callbacks: Callbacks
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -77,6 +79,7 @@ class Gateway:
             server=server,
             admission=RedisAdmissionStore(sync_redis, Capacity.from_settings(settings)),
             backend=cast(Backend, settings.pod_backend),
+            callbacks=Callbacks(client, settings.api_callback_secret),
         )
 
     def runtimes(self) -> tuple[Runtime, ...]:
@@ -87,6 +90,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.sender.aclose()
+        await self.callbacks.aclose()
         await self.redis.aclose()
         self.admission.close()
         self.database.client.close()

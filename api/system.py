@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 
 import anyio
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.executions import caller, gateway_of, json_response
+from api.gateway import Gateway
 from api.models import Health, LimitsInfo, RuntimeInfo, Runtimes
 from api.openapi import document
+from api.views import execution_view
 from execmesh.errors import InvalidEvent, TransientError
 from execmesh.events import MAX_STDIN_BYTES, TERMINAL_EXECUTION_TYPES
 from execmesh.mesh import IncomingEvent, decode_event
 from execmesh.results import ExecutionStatus
 
 logger = logging.getLogger(__name__)
+
+RESULT_WAIT_ROUNDS = 20
 
 STATUS_OF = {
     "io.execmesh.execution.queued": ExecutionStatus.QUEUED,
@@ -39,24 +44,39 @@ async def receive_event(request: Request) -> Response:
         return Response(str(error), 400)
     try:
         await gateway.live.append(event)
-        await _follow_status(request, event)
+        callback = await _follow_status(gateway, event)
     except TransientError as error:
         logger.warning("event %s %s: %s", event.type, event.id, error)
         return Response(str(error), 503)
-    return Response(status_code=202)
+    return Response(status_code=202, background=callback)
 
 
-async def _follow_status(request: Request, event: IncomingEvent) -> None:
-    gateway = gateway_of(request)
+async def _follow_status(gateway: Gateway, event: IncomingEvent) -> BackgroundTask | None:
+    """Copy the status to the request record; at the end, free the slot and call back."""
     execution_id = getattr(event.payload, "execution_id", None)
     status = STATUS_OF.get(event.type)
     if not isinstance(execution_id, str) or status is None:
-        return
+        return None
     await anyio.to_thread.run_sync(gateway.records.advance_status, execution_id, status.value)
-    if event.type in TERMINAL_EXECUTION_TYPES:
-        record = await anyio.to_thread.run_sync(gateway.records.get, execution_id)
-        if record is not None:
-            await gateway.protection.release_slot(record.user_id, execution_id)
+    if event.type not in TERMINAL_EXECUTION_TYPES:
+        return None
+    record = await anyio.to_thread.run_sync(gateway.records.get, execution_id)
+    if record is None:
+        return None
+    await gateway.protection.release_slot(record.user_id, execution_id)
+    if record.callback_url is None or not await gateway.callbacks.claim(execution_id):
+        return None
+
+    async def body() -> bytes:
+        # The result_processor may store the result a moment after this event arrives.
+        for _ in range(RESULT_WAIT_ROUNDS):
+            document = await anyio.to_thread.run_sync(gateway.executions.get, execution_id)
+            if document is not None and document.result is not None:
+                break
+            await anyio.sleep(0.5)
+        return execution_view(execution_id, record, document).model_dump_json().encode()
+
+    return BackgroundTask(gateway.callbacks.deliver, record.callback_url, body)
 
 
 async def runtimes(request: Request) -> Response:

@@ -67,6 +67,7 @@ def api(mongo_database: Database[dict[str, Any]], settings: Settings) -> Iterato
         api_rate_per_second=5,
         api_max_active_per_user=3,
         api_max_body_bytes=64 * 1024,
+        api_callback_secret="s3cret",
     )
     broker = FakeBroker()
     made: list[Gateway] = []

@@ -1,0 +1,85 @@
+"""Callback webhooks: an HMAC-signed POST to the execution's ``callback_url`` once it ended.
+
+The body is the execution as ``GET /executions/{id}`` shows it. ``X-Execmesh-Signature`` is
+``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with the callback secret, so a receiver
+can check both origin and freshness. Delivery is retried with exponential backoff on any
+network error or non-2xx answer; one replica sends it (a Redis marker per execution), even
+when the terminal event is redelivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+import redis.asyncio as redis
+
+from api.ratelimit import PREFIX
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Execmesh-Signature"
+ATTEMPTS = 6
+FIRST_BACKOFF_SECONDS = 0.5
+MARKER_SECONDS = 86400
+
+
+def signature(secret: str, body: bytes, at: int) -> str:
+    mac = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={at},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, *, now: int, tolerance: int = 300) -> bool:
+    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    if not parts.get("t", "").isdigit() or abs(now - int(parts["t"])) > tolerance:
+        return False
+    return hmac.compare_digest(signature(secret, body, int(parts["t"])), header)
+
+
+class Callbacks:
+    def __init__(
+        self,
+        client: redis.Redis,
+        secret: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        first_backoff: float = FIRST_BACKOFF_SECONDS,
+    ) -> None:
+        self.redis = client
+        self.secret = secret
+        self.http = http or httpx.AsyncClient(timeout=10.0)
+        self.first_backoff = first_backoff
+
+    async def claim(self, execution_id: str) -> bool:
+        """Whether this replica is the one to call back for ``execution_id``."""
+        key = f"{PREFIX}:callback:{execution_id}"
+        return bool(await self.redis.set(key, "1", nx=True, ex=MARKER_SECONDS))
+
+    async def deliver(self, url: str, body: Callable[[], Awaitable[bytes]]) -> bool:
+        content = await body()
+        delay = self.first_backoff
+        for attempt in range(1, ATTEMPTS + 1):
+            headers = {"Content-Type": "application/json"}
+            if self.secret:
+                headers[SIGNATURE_HEADER] = signature(self.secret, content, int(time.time()))
+            try:
+                response = await self.http.post(url, content=content, headers=headers)
+                if response.is_success:
+                    return True
+                problem = f"answered {response.status_code}"
+            except httpx.HTTPError as error:
+                problem = repr(error)
+            logger.warning("callback %s attempt %d: %s", url, attempt, problem)
+            if attempt < ATTEMPTS:
+                await anyio.sleep(delay)
+                delay *= 2
+        logger.error("callback %s: gave up after %d attempts", url, ATTEMPTS)
+        return False
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,94 @@
+"""Callback webhooks: signed, sent once per execution, retried until the receiver takes it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from api.callbacks import SIGNATURE_HEADER, verify
+from execmesh.events import TerminalStatus
+from execmesh.results import ExecutionDocument, ExecutionResult, ExecutionStatus
+from tests.integration.api.conftest import Api
+from tests.integration.api.test_api_sse import deliver
+
+pytestmark = pytest.mark.services
+
+
+class Receiver(HTTPServer):
+    failures_left = 0
+    received: list[tuple[bytes, str]]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.server.failures_left > 0:
+            self.server.failures_left -= 1
+            self.send_response(503)
+        else:
+            self.server.received.append((body, self.headers.get(SIGNATURE_HEADER, "")))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver(("127.0.0.1", 0), Handler)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def finished(api: Api, execution_id: str) -> None:
+    result = ExecutionResult(
+        status=TerminalStatus.COMPLETED,
+        event_id="e",
+        event_source="/execmesh/test",
+        event_type="io.execmesh.execution.completed",
+        exit_code=0,
+    )
+    api.gateway.executions.save(
+        ExecutionDocument(
+            execution_id=execution_id,
+            status=ExecutionStatus.COMPLETED,
+            updated_at=datetime.now(UTC),
+            user_id="alice",
+            result=result,
+        )
+    )
+
+
+def test_the_end_of_an_execution_is_called_back_once_signed_after_retries(
+    api: Api, receiver: Receiver
+) -> None:
+    api.gateway.callbacks.first_backoff = 0.05
+    receiver.failures_left = 2
+    url = f"http://127.0.0.1:{receiver.server_port}/hook"
+    body = {"language": "python", "script": "print(1)", "callback_url": url}
+    answer = api.client.post("/api/v1/executions", json=body, headers=api.auth(api.key("alice")))
+    execution_id = answer.json()["id"]
+    finished(api, execution_id)
+    for _ in range(2):  # a redelivery of the terminal event calls back no second time
+        deliver(api, "io.execmesh.execution.completed", execution_id, {"exit_code": 0})
+    deadline = time.monotonic() + 10
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(content, signed)] = receiver.received
+    assert b'"status":"completed"' in content and execution_id.encode() in content
+    assert verify("s3cret", content, signed, now=int(time.time()))
+    assert not verify("other", content, signed, now=int(time.time()))
