@@ -2,7 +2,8 @@
 on different cores (one Python process is one core, whatever its threads).
 
 The parent binds the listening socket and hands it to each child, which serves it with
-uvicorn and its own Kafka producer. A child watches its stdin, a pipe from the parent: when
+uvicorn and its own Kafka producer once the parent writes `serve` on its stdin (when every
+trigger's consumer is in place). A child watches its stdin, a pipe from the parent: when
 the parent dies, even by kill -9, the pipe closes and the child stops, so a restarted broker
 never finds a stale ingress on its port.
 
@@ -33,6 +34,8 @@ from execmesh.broker.kafka_io import KafkaEventLog
 
 log = logging.getLogger(__name__)
 
+GO = b"serve\n"
+
 
 class IngressProcesses:
     def __init__(
@@ -55,6 +58,13 @@ class IngressProcesses:
         ]  # fmt: skip
         for _ in range(self._count):
             self._children.append(subprocess.Popen(command, pass_fds=(fd,), stdin=subprocess.PIPE))
+
+    def serve(self) -> None:
+        """Let the children take traffic: every trigger's consumer is in place."""
+        for child in self._children:
+            assert child.stdin is not None
+            child.stdin.write(GO)
+            child.stdin.flush()
 
     def exited(self) -> int | None:
         """The exit code of a child that stopped on its own, if any did."""
@@ -100,6 +110,9 @@ def _bind(address: tuple[str, int], timeout: float) -> socket.socket:
 
 async def serve(fd: int, topics: Mapping[str, str], bootstrap: str) -> None:
     event_log = await asyncio.to_thread(KafkaEventLog, bootstrap)
+    if await asyncio.to_thread(os.read, sys.stdin.fileno(), len(GO)) != GO:
+        await asyncio.to_thread(event_log.close)
+        return  # the parent died before the broker was ready
     config = uvicorn.Config(
         build_app(topics, event_log),
         fd=fd,
@@ -142,6 +155,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # "Task ran for 0.1s": kafka-python's IO thread waiting for the GIL, not a fault.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.fd, json.loads(args.topics), args.bootstrap))
     return 0

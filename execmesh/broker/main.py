@@ -117,12 +117,16 @@ async def serve(options: BrokerOptions) -> None:
         options.host, options.port, topics, options.bootstrap, options.ingress_processes
     )
     try:
+        if options.ingress_processes > 0:
+            # Started now so that they load while the consumers settle their offsets; they
+            # take traffic only once told to.
+            await asyncio.to_thread(ingress.start)
         await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
         if options.ingress_processes == 0:
             _ready(options, len(pairs))
             await server.serve()
             return
-        await asyncio.to_thread(ingress.start)
+        await asyncio.to_thread(ingress.serve)
         _ready(options, len(pairs))
         while not stopping.is_set():
             code = ingress.exited()
