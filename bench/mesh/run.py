@@ -373,7 +373,14 @@ def report(
             f"process on a core of its own: CPU alone would cap them at about "
             f"{1e6 / ingress:,.0f} and {1e6 / dispatcher:,.0f} events/s."
         )
-    lines.append("")
+    lines += [
+        "",
+        "Reading the figures: events/s is measured with a closed loop (each connection waits "
+        "for its 202), so on a busy machine it follows the CPU share the scheduler gives the "
+        "broker's threads, and latency follows the run queue. CPU µs per event does not "
+        "depend on the load around it; it is the figure to compare across runs.",
+        "",
+    ]
     return "\n".join(lines)
 
 
