@@ -196,7 +196,7 @@ class BrokerProcess:
         }
         (self.directory / "local.yaml").write_text(yaml.safe_dump(local))
 
-    def start(self, timeout: float = 30.0) -> BrokerProcess:
+    def start(self, timeout: float = 60.0) -> BrokerProcess:
         self.write_manifests()
         self.starts += 1
         log = (self.directory / f"broker-{self.starts}.log").open("wb")
