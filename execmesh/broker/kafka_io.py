@@ -34,6 +34,8 @@ from execmesh.errors import InvalidEvent, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
+POLL_RETRY_SECONDS = 1.0
+
 DEFAULT_PARTITIONS = 10
 
 
@@ -206,7 +208,13 @@ class TriggerConsumer:
                     assigned = list(consumer.assignment())
                     (consumer.pause if overloaded else consumer.resume)(*assigned)
                     paused = overloaded
-                self._poll_once(consumer)
+                try:
+                    self._poll_once(consumer)
+                except KafkaError as error:
+                    # Kafka unreachable (restarting, network): the client reconnects by itself
+                    # and the positions are unchanged, so poll again after a pause.
+                    log.warning("group %s: poll failed, retrying: %s", self.group, error)
+                    time.sleep(POLL_RETRY_SECONDS)
             self._collect_finished()
             self._commit()
         except Exception:
