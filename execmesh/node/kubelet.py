@@ -77,6 +77,7 @@ class _Handle:
     task: asyncio.Task[None]
     deleting: asyncio.Event
     grace_seconds: float = 0.0
+    executing: bool = False  # from the cgroup's creation on: the task must end by itself
     admitted: float = field(default_factory=time.perf_counter)
 
 
@@ -147,10 +148,10 @@ class Kubelet:
     def delete(self, namespace: str, name: str, grace_seconds: float | None) -> Obj:
         pod = self.store.get(POD, namespace, name)
         handle = self._pods.get(pod["metadata"]["uid"])
-        if handle is None or podstatus.is_terminal(pod):
-            if handle is not None:
-                handle.task.cancel()
-            return self._forget(pod)
+        if handle is not None and not handle.executing:
+            handle.task.cancel()  # nothing acquired yet: no process, cgroup or namespace
+        if handle is None or not handle.executing or podstatus.is_terminal(pod):
+            return self._forget(pod)  # a finished pod's task only has cleanup left
         grace = grace_seconds
         if grace is None:
             grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -254,6 +255,7 @@ class Kubelet:
         meta = pod["metadata"]
         uid = meta["uid"]
         run_dir = self._run_root / uid
+        handle.executing = True
         cgroup = self._cgroups.create(
             uid, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids)
         )

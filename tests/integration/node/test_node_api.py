@@ -278,6 +278,28 @@ def test_many_pods_run_at_once_and_all_finish(core: client.CoreV1Api) -> None:
         assert core.read_namespaced_pod_log(name, NAMESPACE) == f"{index}\n"
 
 
+def test_pods_deleted_as_soon_as_they_finish_leave_nothing_behind(
+    node: Node, core: client.CoreV1Api
+) -> None:
+    assert node.process is not None
+    descriptors = Path(f"/proc/{node.process.pid}/fd")
+
+    def churn(count: int) -> None:
+        for _ in range(count):
+            name = unique("churn")
+            run_pod(core, shell_pod(name, "echo x"))
+            core.delete_namespaced_pod(name, NAMESPACE)
+
+    churn(3)
+    time.sleep(0.5)
+    before = len(list(descriptors.iterdir()))
+    churn(15)
+    time.sleep(0.5)
+    assert len(list(descriptors.iterdir())) <= before + 2
+    assert list((node.data_dir / "run").iterdir()) == []
+    assert not [p for p in (node.data_dir / "logs").iterdir() if "churn" in p.name]
+
+
 @pytest.fixture
 def restartable_node(tmp_path: Path) -> Iterator[Node]:
     node = Node(tmp_path / "data")
