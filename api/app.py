@@ -28,8 +28,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 V1 = "/api/v1"
 
 ROUTES = [
-    Route(f"{V1}/executions", executions.submit, methods=["POST"]),
-    Route(f"{V1}/executions", executions.list_executions, methods=["GET"]),
+    Route(f"{V1}/executions", executions.executions_root, methods=["GET", "POST"]),
     Route(f"{V1}/executions/batch", executions.submit_batch, methods=["POST"]),
     Route(f"{V1}/executions/{{execution_id}}", executions.get_execution, methods=["GET"]),
     Route(f"{V1}/executions/{{execution_id}}/cancel", executions.cancel, methods=["POST"]),

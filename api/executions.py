@@ -28,6 +28,8 @@ from execmesh.results import ExecutionDocument, read_stream
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+MAX_KEY_LENGTH = 255
+LIST_PARAMETERS = frozenset({"status", "language", "since", "until", "cursor", "limit", "user"})
 STATUSES: tuple[str, ...] = get_args(Status)
 
 
@@ -62,9 +64,7 @@ def json_response(
 async def submit(request: Request) -> Response:
     gateway, principal, headers = await caller(request)
     document = parse_json(await request.body())
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise Problem(422, "Idempotency-Key must be 1 to 255 characters", code="invalid_key")
+    key = idempotency_key(request)
     execution_id, replayed = await submit_one(gateway, principal, document, key)
     url = f"{BASE}/executions/{execution_id}"
     if replayed:
@@ -78,7 +78,7 @@ async def submit_batch(request: Request) -> Response:
         batch = BatchRequest.model_validate(parse_json(await request.body()))
     except ValidationError as error:
         raise invalid_body(error) from None
-    key = request.headers.get("idempotency-key")
+    key = idempotency_key(request)
     items = []
     for index, body in enumerate(batch.executions):
         item_key = None if key is None else f"{key}#{index}"
@@ -91,6 +91,15 @@ async def submit_batch(request: Request) -> Response:
         else:
             items.append(BatchItem(index=index, status=202, execution=accepted(execution_id)))
     return json_response(BatchResult(items=items), 200, headers=headers)
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise Problem(
+            422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters", code="invalid_key"
+        )
+    return key
 
 
 async def submit_one(
@@ -147,6 +156,13 @@ def _replay(existing: RequestRecord, digest: str) -> str:
     return existing.execution_id
 
 
+async def executions_root(request: Request) -> Response:
+    """``/executions``: one route for both methods, so that a 405 lists them both."""
+    if request.method == "POST":
+        return await submit(request)
+    return await list_executions(request)
+
+
 async def get_execution(request: Request) -> Response:
     gateway, principal, headers = await caller(request)
     execution_id = request.path_params["execution_id"]
@@ -157,6 +173,9 @@ async def get_execution(request: Request) -> Response:
 async def list_executions(request: Request) -> Response:
     gateway, principal, headers = await caller(request)
     query = request.query_params
+    unknown = sorted(set(query) - LIST_PARAMETERS)
+    if unknown:
+        raise Problem(400, f"unknown query parameter(s): {', '.join(unknown)}", code="bad_query")
     where = ListFilter(
         user_id=query.get("user") if principal.is_admin else principal.user_id,
         status=_choice(query.get("status"), STATUSES, "status"),

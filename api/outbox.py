@@ -42,7 +42,7 @@ class Outbox:
         records: RequestRecords,
         sender: AsyncSender,
         *,
-        grace: timedelta = timedelta(seconds=2),
+        grace: timedelta = timedelta(seconds=10),
         interval_seconds: float = 1.0,
     ) -> None:
         self.records = records

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,7 +54,22 @@ class ApiMesh:
 
 def start_api_mesh(root: Path, **env: str) -> Iterator[ApiMesh]:
     defaults = {"EXECMESH_API_RATE_PER_SECOND": "50", "EXECMESH_API_MAX_ACTIVE_PER_USER": "20"}
-    for mesh in start_mesh(
+    meshes = start_mesh(
         root, port_offset=API_PORT_OFFSET, redis_db=API_REDIS_DB, **{**defaults, **env}
-    ):
+    )
+    mesh = next(meshes)
+    try:
         yield ApiMesh(mesh)
+    finally:
+        # stop_all stops at the first process that already exited: leave those out of it.
+        for name, process in list(mesh.running.items()):
+            if process.poll() is not None:
+                print(f"{name} had exited with {process.returncode}: see {root / name}.log")
+                del mesh.running[name]
+        try:
+            meshes.close()
+        finally:
+            # A process that ignored SIGTERM for 30 s stops the cleanup: never leave it behind.
+            for process in mesh.running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
