@@ -77,7 +77,7 @@ class EventStore:
     def record(self, event: StoredEvent) -> bool:
         """Store ``event``; ``False`` if it was already stored."""
         try:
-            self.collection.insert_one(_to_document(event))
+            self.collection.insert_one(to_document(event))
         except DuplicateKeyError:
             return False
         return True
@@ -137,7 +137,7 @@ class EventStore:
         return query
 
 
-def _to_document(event: StoredEvent) -> dict[str, Any]:
+def to_document(event: StoredEvent) -> dict[str, Any]:
     data = event.data
     user_id = data.get("user_id") if isinstance(data, Mapping) else None
     return {

@@ -20,6 +20,7 @@ from execmesh.mesh.emission import OutgoingEvent
 from execmesh.mesh.sender import Emitter, HttpSender
 from execmesh.mongo import connect
 from execmesh.replay.eventstore import EventStore, stored_event
+from execmesh.replay.recorder import GroupRecorder
 from execmesh.replay.runner import LEASE, SessionRunner
 from execmesh.replay.sessions import Session, SessionStore, session_from_request
 from execmesh.settings import Settings
@@ -33,6 +34,7 @@ MAX_RUNNING_SESSIONS = 2
 @dataclass
 class ReplayService:
     events: EventStore
+    recorder: GroupRecorder
     sessions: SessionStore
     broker_url: str
     owner: str
@@ -48,6 +50,7 @@ class ReplayService:
         sessions.ensure_indexes()
         return cls(
             events=events,
+            recorder=GroupRecorder(events.collection),
             sessions=sessions,
             broker_url=settings.k_sink,
             owner=f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
@@ -65,7 +68,7 @@ class ReplayService:
             attributes["subject"] = event.subject
         if event.time is not None:
             attributes["time"] = event.time.isoformat()
-        self.events.record(stored_event(attributes, event.data, self.clock()))
+        self.recorder.record(stored_event(attributes, event.data, self.clock()))
         if event.is_replay:
             return []
         if isinstance(event.payload, ReplayRequested):
