@@ -115,6 +115,7 @@ class Settings:
                 env.get("EXECMESH_DEFAULT_OUTPUT_BYTES", defaults.default_output_bytes)
             ),
             lease_seconds=float(env.get("EXECMESH_LEASE_SECONDS", defaults.lease_seconds)),
+            dlq_delay_scale=float(env.get("EXECMESH_DLQ_DELAY_SCALE", defaults.dlq_delay_scale)),
             api_rate_per_second=int(
                 env.get("EXECMESH_API_RATE_PER_SECOND", defaults.api_rate_per_second)
             ),
