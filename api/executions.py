@@ -142,7 +142,7 @@ async def submit_one(
         raise
     # Recorded: from here on the outbox publishes it if this attempt fails.
     with anyio.move_on_after(5):
-        await gateway.outbox.publish(record)
+        await gateway.outbox.publish(record, mark_later=True)
     return execution_id, False
 
 

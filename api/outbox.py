@@ -8,6 +8,7 @@ loop of each API replica; replicas racing on one record only cause such duplicat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -50,15 +51,29 @@ class Outbox:
         # Records younger than this are still being published by the request that made them.
         self.grace = grace
         self.interval_seconds = interval_seconds
+        self._marking: set[asyncio.Task[None]] = set()
 
-    async def publish(self, record: RequestRecord) -> bool:
+    async def publish(self, record: RequestRecord, *, mark_later: bool = False) -> bool:
+        """Send the record's event and mark it published; ``mark_later`` marks it in the
+        background, off the request's time (an unmarked record is only sent once more)."""
         try:
             await self.sender.send(requested_event(record))
-            await anyio.to_thread.run_sync(self.records.mark_published, record.execution_id)
         except TransientError as error:
             logger.warning("execution %s left for the outbox: %s", record.execution_id, error)
             return False
+        if mark_later:
+            task = asyncio.get_running_loop().create_task(self._mark(record.execution_id))
+            self._marking.add(task)
+            task.add_done_callback(self._marking.discard)
+        else:
+            await self._mark(record.execution_id)
         return True
+
+    async def _mark(self, execution_id: str) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.records.mark_published, execution_id)
+        except TransientError as error:
+            logger.warning("execution %s sent but not marked: %s", execution_id, error)
 
     async def drain(self) -> int:
         """Publish what is waiting; how many were published."""
