@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -78,6 +80,15 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Two nodes on one data dir would run every pod twice and fight over its cgroups.
+    lock = (data_dir / "node.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"execmesh node: another node is using {data_dir}", file=sys.stderr)
+        return 1
     app = create_app(args)
     log.info("execmesh node on http://%s:%d, data in %s", args.host, args.port, args.data_dir)
     # Watches are endless streams: on shutdown give them a second, then cut them.
@@ -93,6 +104,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv[1:]))

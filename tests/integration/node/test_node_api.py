@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -298,6 +300,16 @@ def test_pods_deleted_as_soon_as_they_finish_leave_nothing_behind(
     assert len(list(descriptors.iterdir())) <= before + 2
     assert list((node.data_dir / "run").iterdir()) == []
     assert not [p for p in (node.data_dir / "logs").iterdir() if "churn" in p.name]
+
+
+def test_a_second_node_on_the_same_data_dir_refuses_to_start(node: Node) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "execmesh.node.main", "--data-dir", str(node.data_dir)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert b"another node is using" in second.stderr
 
 
 @pytest.fixture
