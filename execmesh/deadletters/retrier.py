@@ -51,10 +51,14 @@ def retry_due(
     now: datetime,
     rng: random.Random,
     limit: int = 50,
+    time_left: Callable[[], bool] = lambda: True,
 ) -> list[DeadLetter]:
-    """Retry up to ``limit`` letters due now; the ones parked by this round are returned."""
+    """Retry up to ``limit`` letters due now, claiming none once ``time_left()`` says no;
+    the ones parked by this round are returned."""
     parked: list[DeadLetter] = []
     for _ in range(limit):
+        if not time_left():
+            break
         letter = store.claim_next(now, CLAIM_LEASE)
         if letter is None:
             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,9 @@ from execmesh.settings import Settings
 # A retry round runs inside one delivery of the tick: keep it well under the broker's timeout.
 REDELIVERY_TIMEOUT_SECONDS = 5.0
 BATCH = 20
+# A round ends in time for the tick's delivery (timeout 30 s) to be answered: a tick retried
+# for its slowness would run a second round beside the first.
+ROUND = timedelta(seconds=15)
 
 
 @dataclass
@@ -56,8 +59,15 @@ class DeadLetterOffice:
         return []
 
     def retry_due(self) -> list[Emission]:
+        now = self.clock()
         parked = retry_due(
-            self.store, self.deliver, self.policy_for, now=self.clock(), rng=self.rng, limit=BATCH
+            self.store,
+            self.deliver,
+            self.policy_for,
+            now=now,
+            rng=self.rng,
+            limit=BATCH,
+            time_left=lambda: self.clock() - now < ROUND,
         )
         return [parked_event(letter) for letter in parked]
 

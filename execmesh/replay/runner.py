@@ -98,7 +98,14 @@ class SessionRunner:
             saved = self.sessions.checkpoint(session, self.owner, self.clock.now(), LEASE)
             if saved is None:
                 return session
-            session = replace(session, state=saved.state)
+            session = replace(session, state=saved.state, lease_until=saved.lease_until)
+
+    def _keep_running(self, session: Session) -> Session | None:
+        now = self.clock.now()
+        if session.lease_until is None or session.lease_until - now < LEASE / 2:
+            saved = self.sessions.checkpoint(session, self.owner, now, LEASE)
+            return None if saved is None else replace(session, lease_until=saved.lease_until)
+        return session if self.sessions.still_running(session) else None
 
     def _start(self, session: Session) -> Session:
         matched = self.events.count(session.selection)
@@ -114,12 +121,13 @@ class SessionRunner:
             session = replace(session, anchor=self.clock.now(), first_event_time=event.time)
         due = due_at(session, event.time)
         while due is not None and (wait := due - self.clock.now()) > timedelta(0):
-            # A long gap: renew the lease and look for a pause or cancel meanwhile.
-            renewed = wait <= MAX_SLEEP or self.sessions.checkpoint(
-                session, self.owner, self.clock.now(), LEASE
-            )
-            if not renewed:
-                return None
+            if wait > MAX_SLEEP:
+                # A long gap: look for a pause or cancel meanwhile, and renew the lease (a
+                # new version each time) only once half of it is gone.
+                kept = self._keep_running(session)
+                if kept is None:
+                    return None
+                session = kept
             self.clock.sleep(min(wait, MAX_SLEEP).total_seconds())
         self.send(session, replayed_copy(event, session))
         return replace(

@@ -172,6 +172,15 @@ class SessionStore:
 
         return retry_on_conflict(attempt, f"replay session {session.id}")
 
+    def still_running(self, session: Session) -> bool:
+        """Whether ``session`` is still running under the claim its runner holds."""
+        current = self.get(session.id)
+        return (
+            current is not None
+            and current.claim == session.claim
+            and current.state is SessionState.RUNNING
+        )
+
     def finish(self, session: Session, owner: str, now: datetime) -> bool:
         def attempt() -> bool:
             current = self.get(session.id)

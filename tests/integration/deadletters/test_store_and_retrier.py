@@ -213,3 +213,24 @@ def test_two_settles_of_one_claim_count_one_attempt(store: DeadLetterStore) -> N
     )
     assert sorted(won) == [False] * 5 + [True]
     assert store.find()[0].attempts == 1
+
+
+def test_a_round_out_of_time_claims_no_more_letters(store: DeadLetterStore) -> None:
+    store.add(letter_to("http://unused/", "e1"))
+    store.add(letter_to("http://unused/", "e2"))
+    delivered: list[str] = []
+
+    def deliver(letter: DeadLetter) -> Attempt:
+        delivered.append(letter.event_id)
+        return Attempt(True, "ok")
+
+    retry_due(
+        store,
+        deliver,
+        lambda _: FAST,
+        now=NOW,
+        rng=random.Random(1),
+        time_left=lambda: not delivered,
+    )
+    assert len(delivered) == 1
+    assert sorted(letter.state for letter in store.find()) == [State.DELIVERED, State.PENDING]

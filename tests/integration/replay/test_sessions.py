@@ -234,3 +234,23 @@ def test_a_pause_racing_a_runners_checkpoints_is_never_undone(
     paused = sessions.get("s1")
     assert paused is not None and paused.state is SessionState.PAUSED
     assert paused.emitted > 0  # progress made before the pause is kept
+
+
+def test_a_long_wait_notices_a_pause_within_a_second_without_a_version_per_second(
+    events: EventStore, sessions: SessionStore
+) -> None:
+    record_timeline(events, "exec-a", timedelta(seconds=60))
+    sent: list[OutgoingEvent] = []
+    runner = SessionRunner(events, sessions, lambda _, e: sent.append(e), owner="a")
+    claimed = start(sessions, speed=1.0)
+    worker = threading.Thread(target=runner.run, args=(claimed,))
+    worker.start()
+    time.sleep(3.0)
+    assert sessions.pause("s1")
+    paused_at = time.monotonic()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert time.monotonic() - paused_at < 1.5
+    assert len(sent) == 1
+    # Create, claim, pause: the lease (30 s) was not renewed every second of the wait.
+    assert sessions.documents.versions.count_documents({"key": "s1"}) <= 4
