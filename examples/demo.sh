@@ -16,7 +16,18 @@ mkdir -p "$run_dir" "$log_dir"
 make --no-print-directory setup
 make --no-print-directory services-up
 
-ready() { curl -fsS -o /dev/null "$api_url/health/readiness" 2>/dev/null; }
+# 0 when GET $1 answers 2xx (with the key in $2, if any); the venv's httpx, not curl.
+answers() {
+  .venv/bin/python - "$@" <<'PY'
+import sys, httpx
+headers = {"Authorization": f"Bearer {sys.argv[2]}"} if len(sys.argv) > 2 else {}
+try:
+    sys.exit(0 if httpx.get(sys.argv[1], headers=headers, timeout=2).is_success else 1)
+except httpx.HTTPError:
+    sys.exit(1)
+PY
+}
+ready() { answers "$api_url/health/readiness"; }
 
 if ! ready; then
   echo "starting the mesh in the background (log: $log_dir/mesh.log)"
@@ -35,8 +46,7 @@ if ! ready; then
 fi
 
 key_works() {
-  [[ -s .local/demo-key ]] && curl -fsS -o /dev/null \
-    -H "Authorization: Bearer $(cat .local/demo-key)" "$api_url/api/v1/runtimes"
+  [[ -s .local/demo-key ]] && answers "$api_url/api/v1/runtimes" "$(cat .local/demo-key)"
 }
 if ! key_works; then
   .venv/bin/execmesh keys create --user demo --name "make demo" >.local/demo-key
