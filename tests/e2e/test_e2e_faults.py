@@ -4,13 +4,14 @@ Whatever dies, every execution ends with exactly one result: no execution is los
 two winners (a late terminal event is recorded as late, never applied), and nothing is left
 behind (no pod, no admission slot).
 
-``test_kafka_stopped_for_ten_seconds...`` stops the shared local Kafka, so every other mesh on
-this machine sees the outage too: it is marked ``kafka_outage`` and can be left out with
-``-m "not kafka_outage"``.
+``test_kafka_stopped_for_ten_seconds...`` stops the shared local Kafka, so every other mesh and
+test on this machine sees the outage too: it is marked ``kafka_outage`` and runs only when
+``EXECMESH_E2E_KAFKA_OUTAGE=1`` is set (``-m kafka_outage`` selects it alone).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import warnings
@@ -53,6 +54,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         redis_db=REDIS_DB,
         EXECMESH_MAX_PER_USER="10",
         EXECMESH_MAX_GLOBAL="10",
+        # The saga ends a run that has not finished by acceptance + timeout + grace. With the
+        # default 30 s grace, a stall the faults cause (a restart, Kafka back after ~30 s)
+        # ended healthy runs as timed_out before their pods had started (seen twice).
+        SAGA_GRACE_SECONDS="120",
     )
 
 
@@ -84,8 +89,8 @@ def listening(host: str, port: int) -> bool:
 def assert_each_has_exactly_one_result(mesh: Mesh, documents: dict[str, dict[str, Any]]) -> None:
     ids = list(documents)
     # A run whose completion never reached the pipeline is still ended, once, by the saga's
-    # deadline (timeout + grace): the safety net. That is a lost completion all the same: it
-    # is shown, and more than one in a hundred fails the test.
+    # deadline: the safety net. For print(1) that is a lost completion all the same: it is
+    # shown, and any more than one in a hundred fails the test.
     by_deadline = {
         i: d["result"]
         for i, d in documents.items()
@@ -160,6 +165,8 @@ def test_the_pod_monitor_restarted_while_pods_run_loses_no_result(mesh: Mesh) ->
 def test_kafka_stopped_for_ten_seconds_then_restarted_the_pipeline_finishes_everything(
     mesh: Mesh,
 ) -> None:
+    if os.environ.get("EXECMESH_E2E_KAFKA_OUTAGE") != "1":
+        pytest.skip("stops the shared Kafka: set EXECMESH_E2E_KAFKA_OUTAGE=1 to run it")
     settings = Settings.from_env()
     layout = localservices.with_ports(localservices.Layout(data_dir=settings.data_dir), settings)
     kafka = next(s for s in localservices.services(settings, layout) if s.name == "kafka")
