@@ -161,12 +161,14 @@ def test_the_pod_monitor_restarted_while_pods_run_loses_no_result(mesh: Mesh) ->
 
 
 @pytest.mark.kafka_outage
+@pytest.mark.skipif(
+    os.environ.get("EXECMESH_E2E_KAFKA_OUTAGE") != "1",
+    reason="stops the shared Kafka: set EXECMESH_E2E_KAFKA_OUTAGE=1 to run it",
+)
 @pytest.mark.timeout(420)
 def test_kafka_stopped_for_ten_seconds_then_restarted_the_pipeline_finishes_everything(
     mesh: Mesh,
 ) -> None:
-    if os.environ.get("EXECMESH_E2E_KAFKA_OUTAGE") != "1":
-        pytest.skip("stops the shared Kafka: set EXECMESH_E2E_KAFKA_OUTAGE=1 to run it")
     settings = Settings.from_env()
     layout = localservices.with_ports(localservices.Layout(data_dir=settings.data_dir), settings)
     kafka = next(s for s in localservices.services(settings, layout) if s.name == "kafka")
