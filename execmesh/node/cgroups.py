@@ -136,13 +136,16 @@ class Hierarchy:
         group = PodCgroup(self.version, {key: path / name for key, path in self.base.items()})
         for directory in group.dirs.values():
             directory.mkdir(exist_ok=True)
+        self.apply(group, limits)
+        return group
+
+    def apply(self, group: PodCgroup, limits: Limits) -> None:
         for path, value in limit_files(group, limits):
             try:
                 path.write_text(value)
             except OSError:
                 if not path.name.startswith(("memory.memsw.", "memory.swap.")):
                     raise  # swap accounting is optional; nothing else is
-        return group
 
     def remove(self) -> None:
         """Remove the node's base groups, when no pod group is left in them."""

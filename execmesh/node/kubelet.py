@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,10 @@ from execmesh.node.sandbox import (
     MissingConfigMap,
     NodeLimits,
     SandboxSpec,
-    launch_argv,
-    launch_env,
+    bwrap_args_payload,
+    launch_script,
+    parked_argv,
+    parked_env,
     sandbox_spec,
 )
 from execmesh.node.spawn import spawn
@@ -66,10 +70,22 @@ class KubeletConfig:
     cgroup_name: str = "execmesh-node"
     image_check: ImageCheck = registry_image_check
     pool_network_namespaces: bool = True
+    parked_launchers: int = 2
 
 
 class Deleted(Exception):
     """The pod was deleted while the kubelet waited on it."""
+
+
+@dataclass(frozen=True)
+class _Launcher:
+    name: str
+    pid: int
+    exited: asyncio.Future[int]
+    read_fd: int  # the pod's output
+    args_fd: int  # bubblewrap reads its arguments from here
+    cgroup: PodCgroup
+    network: int | None
 
 
 @dataclass
@@ -94,6 +110,7 @@ class Kubelet:
         self._layout: HostLayout | None = None
         self._netns = NetnsPool() if config.pool_network_namespaces and netns.supported() else None
         self._stopping = False
+        self._parked: list[_Launcher] = []
 
     # -- lifecycle of the node ---------------------------------------------------------
 
@@ -103,9 +120,12 @@ class Kubelet:
         self._layout = prepare_host(self._etc)
         self._cgroups.prepare()
         self._recover()
+        self._refill()
 
     async def stop(self) -> None:
         self._stopping = True
+        while self._parked:
+            self._discard(self._parked.pop())
         handles = list(self._pods.values())
         for handle in handles:
             handle.task.cancel()
@@ -256,25 +276,84 @@ class Kubelet:
         uid = meta["uid"]
         run_dir = self._run_root / uid
         handle.executing = True
-        cgroup = self._cgroups.create(
-            uid, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids)
-        )
+        launcher = self._take_launcher()
+        cgroup = launcher.cgroup
+        self._cgroups.apply(cgroup, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids))
         self.store.save_run(
             uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
         )
+        self.store.drop_run(launcher.name)
         host = self._stage(spec, run_dir, cgroup)
-        network = None if self._netns is None else self._netns.acquire()
         try:
-            outcome = await self._supervise(pod, spec, host, cgroup, expires, handle, network)
+            outcome = await self._supervise(pod, spec, host, launcher, expires, handle)
             self._finish_if_present(pod, outcome)
             if handle.deleting.is_set():
                 self._forget_if_present(meta["namespace"], meta["name"])
         finally:
             all_gone = await asyncio.to_thread(_clean_up, cgroup, run_dir)
             self.store.drop_run(uid)
-            if self._netns is not None and network is not None:
-                # Lent again only when nothing of this pod can still be in it.
-                (self._netns.release if all_gone else self._netns.discard)(network)
+            self._return_network(launcher.network, all_gone)
+            self._refill()
+
+    # -- parked launchers ------------------------------------------------------------------
+
+    def _park(self) -> _Launcher:
+        """Start a launcher in fresh cgroups (and a pooled network namespace), waiting."""
+        name = f"slot-{uuid.uuid4().hex[:16]}"
+        cgroup = self._cgroups.create(name, Limits(None, None, self.config.limits.pids))
+        self.store.save_run(
+            name,
+            {
+                "cgroups": {c: str(p) for c, p in cgroup.dirs.items()},
+                "run_dir": str(self._run_root / name),
+            },
+        )
+        network = None if self._netns is None else self._netns.acquire()
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        args_read, args_write = os.pipe2(os.O_CLOEXEC)
+        argv, env = parked_argv(cgroup.procs_files), parked_env(self.config.limits.nofile)
+        try:
+            if self._netns is None or network is None:
+                pid, exited = spawn(argv, env, write_fd, args_read)
+            else:
+                with self._netns.entered(network):
+                    pid, exited = spawn(argv, env, write_fd, args_read)
+        finally:
+            os.close(write_fd)
+            os.close(args_read)
+        return _Launcher(name, pid, exited, read_fd, args_write, cgroup, network)
+
+    def _take_launcher(self) -> _Launcher:
+        while self._parked:
+            launcher = self._parked.pop()
+            if not launcher.exited.done():
+                asyncio.get_running_loop().call_soon(self._refill)
+                return launcher
+            self._discard(launcher)
+        return self._park()
+
+    def _refill(self) -> None:
+        while not self._stopping and len(self._parked) < self.config.parked_launchers:
+            try:
+                self._parked.append(self._park())
+            except OSError:
+                log.exception("cannot park a launcher; pods will start without one")
+                return
+
+    def _discard(self, launcher: _Launcher) -> None:
+        with contextlib.suppress(OSError):
+            os.close(launcher.args_fd)
+        with contextlib.suppress(OSError):
+            os.close(launcher.read_fd)
+        all_gone = launcher.cgroup.kill_all()
+        launcher.cgroup.remove()
+        self.store.drop_run(launcher.name)
+        self._return_network(launcher.network, all_gone)
+
+    def _return_network(self, network: int | None, all_gone: bool) -> None:
+        if self._netns is not None and network is not None:
+            # Lent again only when nothing of the last pod can still be in it.
+            (self._netns.release if all_gone else self._netns.discard)(network)
 
     def _stage(self, spec: SandboxSpec, run_dir: Path, cgroup: PodCgroup) -> HostPaths:
         assert self._layout is not None, "start() prepares the host layout"
@@ -286,25 +365,26 @@ class Kubelet:
         pod: Obj,
         spec: SandboxSpec,
         host: HostPaths,
-        cgroup: PodCgroup,
+        launcher: _Launcher,
         expires: float | None,
         handle: _Handle,
-        network: int | None,
     ) -> Outcome:
         begun = time.perf_counter()
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        cgroup, exited = launcher.cgroup, launcher.exited
         sink = LogSink(self.log_path(pod), spec.log_bytes)
+        limit = (spec.file_bytes, spec.file_bytes)
         try:
-            argv, env = launch_argv(spec, host, cgroup.procs_files), launch_env(spec)
-            if self._netns is None or network is None:
-                exited = spawn(argv, env, write_fd)
-            else:
-                with self._netns.entered(network):
-                    exited = spawn(argv, env, write_fd)
+            # bubblewrap is still blocked on its arguments: nothing of the pod runs yet.
+            resource.prlimit(launcher.pid, resource.RLIMIT_FSIZE, limit)
+            script = host.termination_file.parent / "launch.sh"
+            script.write_text(launch_script(spec))
+            payload = memoryview(bwrap_args_payload(spec, host, script))
+            while payload:
+                payload = payload[os.write(launcher.args_fd, payload) :]
         finally:
-            os.close(write_fd)
+            os.close(launcher.args_fd)
         spawned = time.perf_counter()
-        drained = sink.follow(read_fd)
+        drained = sink.follow(launcher.read_fd)
         started_at = timestamp()
         # As a kubelet's status manager batches updates, a container that is done within a
         # few milliseconds goes from Pending straight to its terminal status.

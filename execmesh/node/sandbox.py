@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,12 +316,51 @@ def setpriv_argv(spec: SandboxSpec) -> list[str]:
 # bubblewrap, so that nothing of the pod ever runs outside its cgroups.
 WRAPPER = (
     'for f do [ "$f" = -- ] && break; echo $$ >"$f" || exit 125; shift; done; shift; '
-    'ulimit -c 0; ulimit -n "$NOFILE"; ulimit -f "$FSIZE_BLOCKS"; exec "$@"'
+    'ulimit -c 0; ulimit -n "$NOFILE"; '
+    '[ -z "${FSIZE_BLOCKS-}" ] || ulimit -f "$FSIZE_BLOCKS"; exec "$@"'
 )
 
 
 def launch_argv(spec: SandboxSpec, host: HostPaths, procs_files: Sequence[Path]) -> list[str]:
     return ["/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--", *bwrap_argv(spec, host)]
+
+
+LAUNCH_SCRIPT = "/dev/.execmesh-launch"
+
+
+def parked_argv(procs_files: Sequence[Path], bwrap: str = "bwrap") -> list[str]:
+    """A launcher that joins its cgroups now and waits, as bubblewrap, for its options.
+
+    Joining a cgroup v1 hierarchy can wait a whole RCU grace period (milliseconds); a
+    launcher parked ahead of time pays that off the pod's start. bubblewrap blocks reading
+    ``--args 3`` until the node writes the pod's options there; its command is fixed at
+    park time, so it is a script the node writes per pod: exec setpriv and the program.
+    """
+    command = ["/bin/sh", LAUNCH_SCRIPT]
+    return [
+        *("/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--"),
+        *(bwrap, "--args", "3", "--", *command),
+    ]
+
+
+def launch_script(spec: SandboxSpec) -> str:
+    return "exec " + shlex.join([*setpriv_argv(spec), *spec.argv]) + "\n"
+
+
+def parked_env(nofile: int) -> dict[str, str]:
+    # No file size limit here: it is the pod's own, set by the node with prlimit just
+    # before the start, and the shell must not overwrite it if it runs late.
+    return {"PATH": "/usr/bin:/bin", "NOFILE": str(nofile)}
+
+
+def bwrap_args_payload(spec: SandboxSpec, host: HostPaths, script: Path) -> bytes:
+    """bubblewrap's options (no command), NUL-terminated, for ``--args``."""
+    argv = bwrap_argv(spec, host)
+    options = argv[1 : argv.index("--")]
+    options[options.index("--remount-ro", options.index("--bind")) : 0] = [
+        *("--ro-bind", str(script), LAUNCH_SCRIPT)
+    ]
+    return b"".join(arg.encode() + b"\0" for arg in options)
 
 
 def launch_env(spec: SandboxSpec) -> dict[str, str]:

@@ -6,23 +6,25 @@ import asyncio
 import os
 
 
-def spawn(argv: list[str], env: dict[str, str], output_fd: int) -> asyncio.Future[int]:
-    """Start ``argv`` with stdout and stderr on ``output_fd``; the future holds its exit code.
+def spawn(
+    argv: list[str], env: dict[str, str], output_fd: int, args_fd: int | None = None
+) -> tuple[int, asyncio.Future[int]]:
+    """Start ``argv`` with stdout and stderr on ``output_fd`` (and ``args_fd`` as its fd 3).
+
+    Returns the pid and a future of its exit code (128 + N when signal N killed it).
 
     posix_spawn (vfork) and a pidfd on the event loop: no fork of this process's memory and
     no waiter thread per child, which asyncio's subprocess support would cost on every pod.
     """
     loop = asyncio.get_running_loop()
-    pid = os.posix_spawn(
-        argv[0],
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, output_fd, 1),
-            (os.POSIX_SPAWN_DUP2, output_fd, 2),
-        ],
-    )
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, output_fd, 1),
+        (os.POSIX_SPAWN_DUP2, output_fd, 2),
+    ]
+    if args_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, args_fd, 3))
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
     pidfd = os.pidfd_open(pid)
     exited: asyncio.Future[int] = loop.create_future()
 
@@ -37,4 +39,4 @@ def spawn(argv: list[str], env: dict[str, str], output_fd: int) -> asyncio.Futur
             exited.set_result(code if code >= 0 else 128 - code)  # killed: 128 + signal
 
     loop.add_reader(pidfd, reap)
-    return exited
+    return pid, exited
