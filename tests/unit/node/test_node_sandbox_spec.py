@@ -187,3 +187,29 @@ def test_the_launcher_joins_every_cgroup_before_becoming_bubblewrap() -> None:
     assert argv[:3] == ["/bin/sh", "-c", argv[2]]
     assert argv[4:7] == [str(procs[0]), str(procs[1]), "--"]
     assert argv[7] == "bwrap"
+
+
+def test_a_parked_launcher_takes_the_pods_options_from_a_pipe_and_runs_a_fixed_script() -> None:
+    from execmesh.node.sandbox import (
+        LAUNCH_SCRIPT,
+        bwrap_args_payload,
+        launch_script,
+        parked_argv,
+    )
+
+    spec = sandbox_spec(pod(command=["python3", "-c", "print('a b')"]), {}, NodeLimits())
+    argv = parked_argv([Path("/cg/pids/slot/cgroup.procs")])
+    assert argv[-6:] == ["bwrap", "--args", "3", "--", "/bin/sh", LAUNCH_SCRIPT]
+    options = bwrap_args_payload(spec, HOST, Path("/data/run/u/launch.sh")).split(b"\0")
+    assert options[-1] == b""  # every option NUL-terminated
+    assert b"--" not in options and b"python3" not in options
+    bind = options.index(b"/data/run/u/launch.sh")
+    assert options[bind - 1 : bind + 2] == [
+        b"--ro-bind",
+        b"/data/run/u/launch.sh",
+        b"/dev/.execmesh-launch",
+    ]
+    assert bind < options.index(b"--remount-ro", options.index(b"--bind"))
+    script = launch_script(spec)
+    assert script.startswith("exec /usr/bin/setpriv --reuid 65532 ")
+    assert script.rstrip().endswith("-- python3 -c 'print('\"'\"'a b'\"'\"')'")
