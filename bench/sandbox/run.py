@@ -205,6 +205,12 @@ class Sandbox:
         self.pool = NetnsPool()
         self.network = self.pool.acquire()
 
+    def close(self) -> None:
+        self.pool.discard(self.network)
+        self.pool.close()
+        self.hierarchy.remove()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def _run(self, argv: list[str], env: dict[str, str] | None = None) -> float:
         started = time.perf_counter()
         with self.pool.entered(self.network):
@@ -322,6 +328,7 @@ def main() -> int:
             ),
         }
         terminals.stop()
+        sandbox.close()
     results["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)
