@@ -3,9 +3,10 @@ on different cores (one Python process is one core, whatever its threads).
 
 The parent binds the listening socket and hands it to each child, which serves it with
 uvicorn and its own Kafka producer once the parent writes `serve` on its stdin (when every
-trigger's consumer is in place). A child watches its stdin, a pipe from the parent: when
-the parent dies, even by kill -9, the pipe closes and the child stops, so a restarted broker
-never finds a stale ingress on its port.
+trigger's consumer is in place). When the parent dies, even by kill -9, the kernel kills
+the child (PR_SET_PDEATHSIG) before the parent can be reaped, so a restarted broker never
+finds a stale ingress answering on its port; a request the child was serving gets no 202
+and is sent again. A closed stdin pipe stops a child too, where prctl is not available.
 
     python -m execmesh.broker.ingress_process --fd FD --bootstrap HOST:PORT --topics JSON
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -49,12 +51,13 @@ class IngressProcesses:
         self._children: list[subprocess.Popen[bytes]] = []
 
     def start(self, bind_timeout: float = 10.0) -> None:
+        """Call from the main thread: the children die with the thread that started them."""
         self._socket = _bind(self._address, bind_timeout)
         fd = self._socket.fileno()
         command = [
             sys.executable, "-m", "execmesh.broker.ingress_process",
             "--fd", str(fd), "--bootstrap", self._bootstrap,
-            "--topics", json.dumps(self._topics),
+            "--topics", json.dumps(self._topics), "--parent", str(os.getpid()),
         ]  # fmt: skip
         for _ in range(self._count):
             self._children.append(subprocess.Popen(command, pass_fds=(fd,), stdin=subprocess.PIPE))
@@ -135,6 +138,21 @@ async def serve(fd: int, topics: Mapping[str, str], bootstrap: str) -> None:
         await asyncio.to_thread(event_log.close)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL from the kernel when the parent dies: a dying broker's ingress must not go on
+    answering (its health check included) while a restarted one starts."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before the request took effect
+
+
 def _stop_when_parent_dies(stop: Callable[[], None]) -> None:
     def watch() -> None:
         # os.read, not sys.stdin: a daemon thread inside BufferedReader's lock makes the
@@ -151,7 +169,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topics", required=True)
+    parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -119,8 +119,9 @@ async def serve(options: BrokerOptions) -> None:
     try:
         if options.ingress_processes > 0:
             # Started now so that they load while the consumers settle their offsets; they
-            # take traffic only once told to.
-            await asyncio.to_thread(ingress.start)
+            # take traffic only once told to. In this thread, which lives as long as the
+            # process: the children die with the thread that started them.
+            ingress.start()
         await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
         if options.ingress_processes == 0:
             _ready(options, len(pairs))
