@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -16,6 +14,8 @@ from execmesh.deadletters.letter import DeadLetter, State, from_cloud_event
 from execmesh.deadletters.policy import RetryPolicy
 from execmesh.deadletters.retrier import CLAIM_LEASE, Attempt, redeliver, retry_due
 from execmesh.deadletters.store import DeadLetterStore
+from tests.support.http_sink import serving_posts
+from tests.support.threads import race
 
 pytestmark = pytest.mark.services
 
@@ -35,23 +35,14 @@ class Sink:
 def sink_server() -> Iterator[tuple[str, Sink]]:
     sink = Sink(failures=0)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            self.send_response(500 if sink.failures > 0 else 202)
-            sink.failures -= 1
-            self.end_headers()
-            sink.received.append({k.lower(): v for k, v in self.headers.items()})
+    def answer(headers: dict[str, str], body: bytes) -> int:
+        status = 500 if sink.failures > 0 else 202
+        sink.failures -= 1
+        sink.received.append(headers)
+        return status
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", sink
-    finally:
-        server.shutdown()
+    with serving_posts(answer) as url:
+        yield url, sink
 
 
 @pytest.fixture
@@ -175,21 +166,6 @@ def test_redeliver_reports_an_unreachable_destination_as_a_failure() -> None:
         attempt = redeliver(client, letter_to("http://127.0.0.1:9/"))
     assert attempt == Attempt(False, attempt.outcome)
     assert "ConnectError" in attempt.outcome
-
-
-def race(threads: int, work: Callable[[int], None]) -> None:
-    """Run ``work`` on ``threads`` threads released at once."""
-    start = threading.Barrier(threads)
-
-    def run(n: int) -> None:
-        start.wait(timeout=10)
-        work(n)
-
-    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
 
 
 def test_dlq_replicas_racing_for_due_letters_claim_each_exactly_once(

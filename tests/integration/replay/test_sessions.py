@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from execmesh.mesh.emission import OutgoingEvent
 from execmesh.replay.eventstore import EventStore, stored_event
 from execmesh.replay.runner import LEASE, SessionRunner
 from execmesh.replay.sessions import Session, SessionState, SessionStore, session_from_request
+from tests.support.threads import race
 
 pytestmark = pytest.mark.services
 
@@ -174,20 +174,6 @@ def test_pause_then_resume_continues_without_replaying_the_pause_as_a_gap(
     assert resumed is not None
     SessionRunner(events, sessions, lambda _, e: sent.append(e), owner="a").run(resumed)
     assert len(sent) == 4
-
-
-def race(threads: int, work: Callable[[int], None]) -> None:
-    start = threading.Barrier(threads)
-
-    def run(n: int) -> None:
-        start.wait(timeout=10)
-        work(n)
-
-    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
 
 
 def test_replicas_racing_to_claim_a_session_give_it_to_exactly_one(
