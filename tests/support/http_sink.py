@@ -3,7 +3,6 @@ subscribers the tests point functions, brokers and retriers at."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,14 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Gets the request's headers (names lower-cased) and body; returns the status to answer.
 Answer = Callable[[dict[str, str], bytes], int]
-
-
-def free_port() -> int:
-    # Ephemeral rather than a fixed range: another checkout's test run may be running too.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager

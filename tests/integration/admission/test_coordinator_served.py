@@ -7,11 +7,9 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from coordinator_harness import MAIN, requested
 
 from execmesh.events import ExecutionCompleted, Payload
 from execmesh.settings import Settings
+from tests.support.http_sink import serving_posts
 
 pytestmark = pytest.mark.services
 
@@ -55,26 +54,12 @@ def forget_everything(client: redis.Redis) -> None:
 def sink() -> Iterator[tuple[str, list[dict[str, str]]]]:
     received: list[dict[str, str]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            received.append({**headers, "body": body.decode()})
-            self.send_response(202)
-            self.send_header("content-length", "0")
-            self.end_headers()
+    def record(headers: dict[str, str], body: bytes) -> int:
+        received.append({**headers, "body": body.decode()})
+        return 202
 
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_posts(record) as url:
+        yield url, received
 
 
 @pytest.fixture

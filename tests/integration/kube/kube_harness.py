@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import yaml
 from execmesh.events import ExecutionSpec, Limits, PodCreateRequested
 from execmesh.kube.client import KubeClients, clients_for_url
 from execmesh.settings import PROJECT_ROOT
+from tests.support.http_sink import serving_posts
 
 NAMESPACE = "execmesh"
 
@@ -134,30 +134,9 @@ class Sink:
 @contextlib.contextmanager
 def running_sink() -> Iterator[Sink]:
     recorded = Sink()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            self.send_response(recorded.receive(headers, body))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    recorded.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving_posts(recorded.receive) as url:
+        recorded.url = url
         yield recorded
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

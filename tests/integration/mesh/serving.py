@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.support.http_sink import serving_posts
+from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -41,7 +41,7 @@ ECHO_SOURCE = """
 class Sink:
     """A CloudEvents receiver that records what it is sent and answers ``status``."""
 
-    url: str
+    url: str = ""
     status: int = 202
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
@@ -52,41 +52,17 @@ class Sink:
         return list(self.received)
 
 
-def free_port() -> int:
-    # Ephemeral rather than a fixed range: another checkout's test run may be running too.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running_sink() -> Iterator[Sink]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    recorder = Sink(url=f"http://127.0.0.1:{server.server_address[1]}/default")
+    recorder = Sink()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a broker ingress offers
+    def record(headers: dict[str, str], body: bytes) -> int:
+        recorder.received.append((headers, body))
+        return recorder.status
 
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            recorder.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(recorder.status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-    server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_posts(record, path="/default") as url:
+        recorder.url = url
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @contextmanager

@@ -21,8 +21,9 @@ from kafka.admin import KafkaAdminClient
 from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
+from tests.support.ports import free_port
 
-from .serving import BIN, Sink, free_port, running_function, running_process, running_sink
+from .serving import BIN, Sink, running_function, running_process, running_sink
 
 pytestmark = pytest.mark.services
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from execmesh.sources.ping import (
     schedule_period_seconds,
     tick_headers,
 )
+from tests.support.http_sink import serving_posts
 
 LOCAL = LocalConfig.load(PROJECT_ROOT / "config" / "local.yaml")
 
@@ -60,23 +60,12 @@ def test_the_same_tick_always_gets_the_same_event_id() -> None:
 def sink() -> Iterator[tuple[str, list[dict[str, str]]]]:
     received: list[dict[str, str]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            received.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(202)
-            self.end_headers()
+    def record(headers: dict[str, str], body: bytes) -> int:
+        received.append(headers)
+        return 202
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", received
-    finally:
-        server.shutdown()
+    with serving_posts(record) as url:
+        yield url, received
 
 
 def test_ticks_arrive_as_binary_ping_events_at_the_interval(
