@@ -3,8 +3,10 @@
 The body is the execution as ``GET /executions/{id}`` shows it. ``X-Execmesh-Signature`` is
 ``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with the callback secret, so a receiver
 can check both origin and freshness. Delivery is retried with exponential backoff on any
-network error or non-2xx answer; one replica sends it (a Redis marker per execution), even
-when the terminal event is redelivered.
+network error, unresolved host or non-2xx answer; one replica sends it (a Redis marker per
+execution), even when the terminal event is redelivered. Each attempt goes only to an address
+the ``CallbackPolicy`` passed just then, redirects are never followed, and a refused address
+ends the delivery at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import anyio
 import httpx
 import redis.asyncio as redis
 
+from api.callback_policy import CallbackPolicy, RefusedCallback, UnresolvedHost
 from api.ratelimit import PREFIX
 
 logger = logging.getLogger(__name__)
@@ -47,12 +50,14 @@ class Callbacks:
         client: redis.Redis,
         secret: str,
         *,
+        policy: CallbackPolicy | None = None,
         http: httpx.AsyncClient | None = None,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
     ) -> None:
         self.redis = client
         self.secret = secret
-        self.http = http or httpx.AsyncClient(timeout=10.0)
+        self.policy = policy or CallbackPolicy()
+        self.http = http or new_http_client()
         self.first_backoff = first_backoff
 
     async def claim(self, execution_id: str) -> bool:
@@ -64,16 +69,13 @@ class Callbacks:
         content = await body()
         delay = self.first_backoff
         for attempt in range(1, ATTEMPTS + 1):
-            headers = {"Content-Type": "application/json"}
-            if self.secret:
-                headers[SIGNATURE_HEADER] = signature(self.secret, content, int(time.time()))
             try:
-                response = await self.http.post(url, content=content, headers=headers)
-                if response.is_success:
-                    return True
-                problem = f"answered {response.status_code}"
-            except httpx.HTTPError as error:
-                problem = repr(error)
+                problem = await self._attempt(url, content)
+            except RefusedCallback as refusal:
+                logger.error("callback %s refused, not sent: %s", url, refusal)
+                return False
+            if problem is None:
+                return True
             logger.warning("callback %s attempt %d: %s", url, attempt, problem)
             if attempt < ATTEMPTS:
                 await anyio.sleep(delay)
@@ -81,5 +83,33 @@ class Callbacks:
         logger.error("callback %s: gave up after %d attempts", url, ATTEMPTS)
         return False
 
+    async def _attempt(self, url: str, content: bytes) -> str | None:
+        """None once the receiver took it, else what went wrong (worth another attempt)."""
+        try:
+            request = await self.policy.pin(url)
+        except UnresolvedHost as error:
+            return str(error)
+        headers = {**request.headers, "Content-Type": "application/json"}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = signature(self.secret, content, int(time.time()))
+        try:
+            response = await self.http.post(
+                request.url,
+                content=content,
+                headers=headers,
+                extensions=request.extensions,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as error:
+            return repr(error)
+        return None if response.is_success else f"answered {response.status_code}"
+
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def new_http_client() -> httpx.AsyncClient:
+    # No kept-alive connections: one to a pinned address was verified for one host name only.
+    return httpx.AsyncClient(
+        timeout=10.0, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+    )

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from api.auth import require_admin
+from api.callback_policy import RefusedCallback
 from api.gateway import Gateway
 from api.models import BatchItem, BatchRequest, BatchResult, ExecutionList, QueueState, Status
 from api.problems import Problem
@@ -122,6 +123,8 @@ async def submit_one(
         server=gateway.server,
         resolve=gateway.resolve,
     )
+    if body.callback_url is not None:
+        await check_callback(gateway, str(body.callback_url))
     now_ms = int(now.timestamp() * 1000)
     if not await gateway.protection.take_slot(principal.user_id, execution_id, now_ms):
         raise Problem(
@@ -144,6 +147,18 @@ async def submit_one(
     with anyio.move_on_after(5):
         await gateway.outbox.publish(record, mark_later=True)
     return execution_id, False
+
+
+async def check_callback(gateway: Gateway, url: str) -> None:
+    try:
+        await gateway.callbacks.policy.allowed_addresses(url)
+    except RefusedCallback as refusal:
+        raise Problem(
+            422,
+            f"callback_url refused: {refusal}",
+            code="callback_not_allowed",
+            errors=[{"field": "callback_url", "message": str(refusal)}],
+        ) from None
 
 
 def _replay(existing: RequestRecord, digest: str) -> str:

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from pymongo.database import Database
 
 from api.auth import Authenticator
+from api.callback_policy import CallbackPolicy
 from api.callbacks import Callbacks
 from api.outbox import Outbox
 from api.ratelimit import Protection
@@ -79,7 +80,11 @@ class Gateway:
             server=server,
             admission=RedisAdmissionStore(sync_redis, Capacity.from_settings(settings)),
             backend=cast(Backend, settings.pod_backend),
-            callbacks=Callbacks(client, settings.api_callback_secret),
+            callbacks=Callbacks(
+                client,
+                settings.api_callback_secret,
+                policy=CallbackPolicy(settings.api_callback_allowed_networks),
+            ),
         )
 
     def runtimes(self) -> tuple[Runtime, ...]:

@@ -37,7 +37,11 @@ class ExecutionRequest(Body):
     args: list[Annotated[str, Field(max_length=1024)]] = Field(default=[], max_length=64)
     limits: LimitsRequest | None = None
     priority: Priority = Priority.NORMAL
-    callback_url: AnyHttpUrl | None = None
+    callback_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="POSTed the execution once it ended; http(s) to a public address only, "
+        "without user name or password (422 `callback_not_allowed` otherwise)",
+    )
 
 
 class BatchRequest(Body):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from execmesh.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +35,11 @@ class Settings:
     # the in-cluster service account).
     pod_backend: str = "local"
     pod_namespace: str = "execmesh"
-    # The saga gives a run its timeout plus this grace before ending it as timed out.
+    # The saga gives a running program its timeout plus this grace before ending it as timed
+    # out; before the pod runs, it waits this start-up budget from the acceptance, then ends
+    # the run as failed (startup_timeout).
     saga_grace_seconds: float = 30.0
+    saga_startup_seconds: float = 300.0
     saga_batch_size: int = 100
     # Finished sagas (and cancels that never met an acceptance) are purged after this.
     saga_retention_seconds: float = 86400.0
@@ -62,6 +68,8 @@ class Settings:
     api_max_body_bytes: int = 1024 * 1024
     # Signs callback webhooks (HMAC-SHA256); empty: callbacks are sent unsigned.
     api_callback_secret: str = ""
+    # Networks callbacks may reach besides public addresses (the local mesh allows loopback).
+    api_callback_allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +91,9 @@ class Settings:
             data_dir=Path(env.get("EXECMESH_DATA_DIR", str(defaults.data_dir))),
             kubeconfig=env.get("KUBECONFIG", ""),
             saga_grace_seconds=float(env.get("SAGA_GRACE_SECONDS", defaults.saga_grace_seconds)),
+            saga_startup_seconds=float(
+                env.get("SAGA_STARTUP_SECONDS", defaults.saga_startup_seconds)
+            ),
             saga_batch_size=int(env.get("SAGA_BATCH_SIZE", defaults.saga_batch_size)),
             saga_retention_seconds=float(
                 env.get("SAGA_RETENTION_SECONDS", defaults.saga_retention_seconds)
@@ -126,10 +137,22 @@ class Settings:
                 env.get("EXECMESH_API_MAX_BODY_BYTES", defaults.api_max_body_bytes)
             ),
             api_callback_secret=env.get("EXECMESH_API_CALLBACK_SECRET", ""),
+            api_callback_allowed_networks=networks(
+                "EXECMESH_API_CALLBACK_ALLOWED_NETWORKS",
+                env.get("EXECMESH_API_CALLBACK_ALLOWED_NETWORKS", ""),
+            ),
         )
 
     def local_config(self) -> LocalConfig:
         return LocalConfig.load(self.local_config_path)
+
+
+def networks(name: str, value: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated CIDRs, as ``10.0.0.0/8,fd00::/8``; empty for none."""
+    try:
+        return tuple(ip_network(part.strip()) for part in value.split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
 
 
 @dataclass(frozen=True)

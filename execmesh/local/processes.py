@@ -1,7 +1,8 @@
 """Which processes make up the local mesh, and the command line of each.
 
 Ports come from ``config/local.yaml`` only; every process is told where the broker is through
-``K_SINK``, as a SinkBinding would on a cluster.
+``K_SINK``, as a SinkBinding would on a cluster. The API may call back receivers on this
+machine (loopback), which a deployed API refuses by default.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from execmesh.settings import PROJECT_ROOT, LocalConfig
+
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 @dataclass(frozen=True)
@@ -74,5 +77,6 @@ def mesh_processes(
     if api.exists():
         port = str(local.service_ports["api"])
         server = (_bin("uvicorn"), "api.app:app", "--host", local.host, "--port", port)
-        processes.append(Process("api", server, dict(sink)))
+        env = {**sink, "EXECMESH_API_CALLBACK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS}
+        processes.append(Process("api", server, env))
     return processes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -68,6 +69,8 @@ def api(mongo_database: Database[dict[str, Any]], settings: Settings) -> Iterato
         api_max_active_per_user=3,
         api_max_body_bytes=64 * 1024,
         api_callback_secret="s3cret",
+        # The receivers of the callback tests listen on this machine.
+        api_callback_allowed_networks=(ip_network("127.0.0.0/8"),),
     )
     broker = FakeBroker()
     made: list[Gateway] = []

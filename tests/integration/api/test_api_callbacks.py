@@ -92,3 +92,28 @@ def test_the_end_of_an_execution_is_called_back_once_signed_after_retries(
     assert b'"status":"completed"' in content and execution_id.encode() in content
     assert verify("s3cret", content, signed, now=int(time.time()))
     assert not verify("other", content, signed, now=int(time.time()))
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://10.0.0.1:8080/hook", "10.0.0.1 is a private address"),
+        ("http://[::ffff:192.168.0.1]/hook", "(IPv4 192.168.0.1) is a private address"),
+        ("https://user:pw@93.184.215.14/hook", "must not carry a user name or password"),
+        ("http://nowhere.invalid/hook", "the host nowhere.invalid does not resolve"),
+    ],
+)
+def test_a_callback_the_platform_may_not_call_is_refused_with_the_reason(
+    api: Api, url: str, reason: str
+) -> None:
+    body = {"language": "python", "script": "print(1)", "callback_url": url}
+    answer = api.client.post("/api/v1/executions", json=body, headers=api.auth(api.key("alice")))
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["code"] == "callback_not_allowed"
+    assert reason in problem["detail"]
+    assert problem["errors"][0]["field"] == "callback_url"
+    assert api.database["api_requests"].count_documents({}) == 0
+    assert api.broker.sent == []
