@@ -57,6 +57,8 @@ class FailureType(StrEnum):
     EVICTED = "evicted"
     API = "api"
     INTERNAL = "internal"
+    # The pod never started running within the saga's start-up budget (queueing, pod start).
+    STARTUP_TIMEOUT = "startup_timeout"
 
 
 class Model(BaseModel):
@@ -194,7 +196,7 @@ class ExecutionCompleted(ExecutionPayload):
 
 
 class ExecutionFailed(ExecutionPayload):
-    """The platform could not run the program to its end (image, sandbox, OOM, eviction)."""
+    """The platform could not start the program in time or run it to its end (image, OOM...)."""
 
     TYPE = "io.execmesh.execution.failed"
     error_type: FailureType

@@ -36,6 +36,7 @@ class SagaConfig:
         policy = Policy(
             grace=timedelta(seconds=settings.saga_grace_seconds),
             retention=timedelta(seconds=settings.saga_retention_seconds),
+            startup=timedelta(seconds=settings.saga_startup_seconds),
         )
         return cls(policy=policy, batch_size=settings.saga_batch_size)
 
@@ -80,7 +81,7 @@ def check_deadlines(
     if zlib.crc32(key.encode()) % config.purge_one_tick_in == 0:
         purged = store.purge(now, config.batch_size)
     if targets or purged:
-        logger.info("deadline check: %d timed out, %d purged", len(targets), purged)
+        logger.info("deadline check: %d due, %d purged", len(targets), purged)
     return tuple(emitted)
 
 

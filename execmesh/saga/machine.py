@@ -8,14 +8,23 @@ Phases::
         --completed--> finished(completed)               saga.completed
         --failed / timed_out / cancelled--> finished     pod.delete_requested, saga.compensated
         --cancel_requested--> cancelling                 pod.delete_requested
-        --deadline passed--> finished(timed_out)         execution.timed_out, pod.delete_requested,
+    pod_requested | pod_created --deadline passed--> finished(failed)
+                                                         execution.failed (startup_timeout),
+                                                         pod.delete_requested, saga.compensated
+    running --deadline passed--> finished(timed_out)     execution.timed_out, pod.delete_requested,
                                                          saga.compensated
     cancelling --pod.deleted | deadline--> finished(cancelled)
                                                          execution.cancelled, saga.compensated
 
-Delivery is at least once and unordered, so every other (phase, event) pair is harmless: a late
-pod.running changes nothing, a terminal event before pod.running ends the saga, a second
-terminal event is ignored. Each saga remembers the last events it applied with what they
+Two budgets, so that time the platform spends before the program starts (queueing, a restarted
+function, pod start-up) is never counted against the user's timeout: until the pod runs, the
+deadline is the acceptance plus the start-up budget; pod.running sets it to the moment the pod
+started plus the user's timeout plus the grace. Cancelling gives the deletion a grace deadline.
+
+Delivery is at least once and unordered, so every other (phase, event) pair is harmless: a
+pod.running after the first, or after the end, changes nothing (no deadline moves back, no saga
+revives), a terminal event before pod.running ends the saga, a second terminal event is
+ignored. Each saga remembers the last events it applied with what they
 emitted: a redelivered event re-emits exactly the same events (a handler that crashed after
 saving but before emitting loses nothing) and changes nothing else.
 """
@@ -23,7 +32,7 @@ saving but before emitting loses nothing) and changes nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from execmesh.events import (
@@ -33,6 +42,7 @@ from execmesh.events import (
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionTimedOut,
+    FailureType,
     Payload,
     PodCreated,
     PodCreateRequested,
@@ -59,7 +69,8 @@ class Phase(StrEnum):
     FINISHED = "finished"
 
 
-RUNNING_PHASES = frozenset({Phase.POD_REQUESTED, Phase.POD_CREATED, Phase.RUNNING})
+STARTING_PHASES = frozenset({Phase.POD_REQUESTED, Phase.POD_CREATED})
+RUNNING_PHASES = STARTING_PHASES | {Phase.RUNNING}
 # Phases with a deadline: the ones a lost event could otherwise leave hanging forever.
 ACTIVE_PHASES = RUNNING_PHASES | {Phase.CANCELLING}
 
@@ -87,6 +98,9 @@ class Saga:
     user_id: str | None = None
     timeout_seconds: float | None = None
     accepted_at: datetime | None = None
+    # When the pod started running: the user's timeout counts from here.
+    started_at: datetime | None = None
+    # The one deadline of the current phase (start-up, run or cancel); the ping checks it.
     deadline: datetime | None = None
     pod_name: str | None = None
     namespace: str | None = None
@@ -105,6 +119,8 @@ class Saga:
 class Policy:
     grace: timedelta
     retention: timedelta
+    # How long a run may wait for its pod to run, from the acceptance.
+    startup: timedelta
     remembered_events: int = 16
 
 
@@ -145,8 +161,8 @@ def _transition(
         return None, ()
     if isinstance(message, PodCreated):
         return _pod_created(saga, message)
-    if isinstance(message, PodRunning) and saga.phase in (Phase.POD_REQUESTED, Phase.POD_CREATED):
-        return replace(saga, phase=Phase.RUNNING, pod_name=saga.pod_name or message.pod_name), ()
+    if isinstance(message, PodRunning):
+        return _pod_running(saga, message, now, policy)
     if isinstance(message, PodDeleted) and saga.phase is Phase.CANCELLING:
         return _finish_cancelled(saga, now, policy, delete_again=False)
     if isinstance(message, DeadlineCheck):
@@ -168,7 +184,7 @@ def _accepted(
         user_id=event.user_id,
         timeout_seconds=timeout,
         accepted_at=now,
-        deadline=now + timedelta(seconds=timeout) + policy.grace,
+        deadline=now + policy.startup,
         applied=() if saga is None else saga.applied,
     )
     if saga is not None and saga.cancel_reason is not None:
@@ -237,10 +253,31 @@ def _pod_created(saga: Saga, event: PodCreated) -> tuple[Saga, tuple[Payload, ..
     if saga.phase is Phase.FINISHED and saga.outcome in (
         TerminalStatus.CANCELLED,
         TerminalStatus.TIMED_OUT,
+        TerminalStatus.FAILED,
     ):
-        # The pod was created after this saga deleted it (the delete overtook the create).
+        # The pod was created after the saga ended the run and asked for its deletion (the
+        # delete may have overtaken the create): ask again, deleting is idempotent.
         return saga, (PodDeleteRequested(execution_id=saga.execution_id, reason="late pod"),)
     return saga, ()
+
+
+def _pod_running(
+    saga: Saga, event: PodRunning, now: datetime, policy: Policy
+) -> tuple[Saga, tuple[Payload, ...]]:
+    if saga.phase not in STARTING_PHASES:
+        # A second pod.running, or one after a cancel or the end: the first start stands.
+        return saga, ()
+    # The pod's own start time when it says; never later than now, so a clock ahead of ours
+    # buys the program no extra time.
+    started = now if event.started_at is None else min(_aware(event.started_at), now)
+    running = replace(
+        saga,
+        phase=Phase.RUNNING,
+        pod_name=saga.pod_name or event.pod_name,
+        started_at=started,
+        deadline=started + timedelta(seconds=saga.timeout_seconds or 0.0) + policy.grace,
+    )
+    return running, ()
 
 
 def _deadline(saga: Saga, now: datetime, policy: Policy) -> tuple[Saga, tuple[Payload, ...]]:
@@ -248,6 +285,36 @@ def _deadline(saga: Saga, now: datetime, policy: Policy) -> tuple[Saga, tuple[Pa
         return saga, ()
     if saga.phase is Phase.CANCELLING:
         return _finish_cancelled(saga, now, policy, delete_again=True)
+    if saga.phase in STARTING_PHASES:
+        return _startup_deadline(saga, now, policy)
+    return _timed_out(saga, now, policy)
+
+
+def _startup_deadline(
+    saga: Saga, now: datetime, policy: Policy
+) -> tuple[Saga, tuple[Payload, ...]]:
+    if saga.accepted_at is not None and saga.accepted_at + policy.startup > now:
+        # Saved by a version that counted the start-up against the user's timeout, or while the
+        # budget was shorter: wait out the start-up budget rather than end a healthy run.
+        return replace(saga, deadline=saga.accepted_at + policy.startup), ()
+    message = f"the pod did not start running within {policy.startup.total_seconds():g} s"
+    failed = ExecutionFailed(
+        execution_id=saga.execution_id, error_type=FailureType.STARTUP_TIMEOUT, message=message
+    )
+    emitted = (
+        failed,
+        PodDeleteRequested(execution_id=saga.execution_id, reason="start-up budget exceeded"),
+        SagaCompensated(
+            execution_id=saga.execution_id,
+            status=TerminalStatus.FAILED,
+            reason=_terminal_reason(failed),
+            steps=(DELETE_POD, RELEASE_SLOT),
+        ),
+    )
+    return _finished(saga, TerminalStatus.FAILED, now, policy), emitted
+
+
+def _timed_out(saga: Saga, now: datetime, policy: Policy) -> tuple[Saga, tuple[Payload, ...]]:
     reason = "no result within the timeout and its grace"
     timed_out = ExecutionTimedOut(
         execution_id=saga.execution_id, timeout_seconds=saga.timeout_seconds or 0.0
@@ -297,6 +364,10 @@ def _finished(saga: Saga, status: TerminalStatus, now: datetime, policy: Policy)
         deadline=None,
         purge_after=now + policy.retention,
     )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _terminal_reason(event: Payload) -> str:

@@ -25,7 +25,7 @@ from execmesh.versioned import VersionConflict, VersionedCollection
 
 COLLECTION = "sagas"
 T = TypeVar("T")
-_QUIET_PHASES = frozenset({Phase.POD_CREATED, Phase.RUNNING})
+_QUIET_PHASES = frozenset({Phase.POD_CREATED})
 
 
 class SagaStore(Protocol):
@@ -129,7 +129,8 @@ class MongoSagaStore:
         return None if document is None else from_document(document)
 
     def save(self, saga: Saga) -> Saga:
-        # Moving to pod_created or running changes no deadline, so the save is one write.
+        # pod.created moves no deadline, so the save is one write. (A start-up deadline that a
+        # tick re-arms in pod_created leaves the head early: the next tick's read repairs it.)
         quiet = saga.phase in _QUIET_PHASES
         version = self.documents.save(
             saga.execution_id, to_document(saga), saga.version, refresh_head=not quiet
@@ -190,6 +191,7 @@ def to_document(saga: Saga) -> dict[str, Any]:
         "user_id": saga.user_id,
         "timeout_seconds": saga.timeout_seconds,
         "accepted_at": saga.accepted_at,
+        "started_at": saga.started_at,
         "deadline": saga.deadline,
         "pod_name": saga.pod_name,
         "namespace": saga.namespace,
@@ -212,6 +214,8 @@ def from_document(document: dict[str, Any]) -> Saga:
         user_id=document.get("user_id"),
         timeout_seconds=document.get("timeout_seconds"),
         accepted_at=_utc_or_none(document.get("accepted_at")),
+        # Absent from documents saved before the start-up budget existed.
+        started_at=_utc_or_none(document.get("started_at")),
         deadline=_utc_or_none(document.get("deadline")),
         pod_name=document.get("pod_name"),
         namespace=document.get("namespace"),

@@ -4,7 +4,9 @@ execution.accepted -> pod.create_requested (or, after an early cancel, execution
 pod.created / pod.running advance it; a terminal event ends it (saga.completed, or
 pod.delete_requested + saga.compensated for a failure); execution.cancel_requested ->
 pod.delete_requested, then pod.deleted -> execution.cancelled + saga.compensated; the ping ends
-sagas past their deadline: execution.timed_out + pod.delete_requested + saga.compensated.
+sagas past their deadline: a pod that never ran within the start-up budget with
+execution.failed (startup_timeout), a running one past its timeout with execution.timed_out,
+each + pod.delete_requested + saga.compensated.
 
 Run locally: functions-framework --target saga --source functions/saga/main.py
 (`handle` is the same view, the target name `execmesh up` uses.)

@@ -54,10 +54,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         redis_db=REDIS_DB,
         EXECMESH_MAX_PER_USER="10",
         EXECMESH_MAX_GLOBAL="10",
-        # The saga ends a run that has not finished by acceptance + timeout + grace. With the
-        # default 30 s grace, a stall the faults cause (a restart, Kafka back after ~30 s)
-        # ended healthy runs as timed_out before their pods had started (seen twice).
-        SAGA_GRACE_SECONDS="120",
     )
 
 

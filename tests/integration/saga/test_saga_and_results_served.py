@@ -28,6 +28,7 @@ from execmesh.events import (
     Limits,
     Payload,
     PingTick,
+    PodRunning,
     Priority,
 )
 from execmesh.settings import PROJECT_ROOT
@@ -161,9 +162,10 @@ def test_the_served_saga_asks_for_the_pod_and_times_out_a_silent_run(
     now = datetime.now(UTC)
     assert post(url, accepted(quiet), f"a1-{run}", at=now) == 202
     assert post(url, accepted(done), f"a2-{run}", at=now) == 202
+    assert post(url, PodRunning(execution_id=quiet, pod_name="p"), f"r-{run}", at=now) == 202
     completed = ExecutionCompleted(execution_id=done, exit_code=0)
     assert post(url, completed, f"c-{run}") == 202
-    tick = now + timedelta(seconds=2 + 1 + 1)  # timeout + grace, and a second more
+    tick = now + timedelta(seconds=2 + 1 + 1)  # start + timeout + grace, and a second more
     assert post(url, PingTick(), f"tick-{run}", at=tick) == 202
     assert kinds(sink[1]) == [
         ("pod.create_requested", quiet),

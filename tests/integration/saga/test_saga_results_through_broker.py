@@ -45,6 +45,7 @@ from execmesh.events import (
     PodRunning,
     Priority,
 )
+from execmesh.saga import MongoSagaStore, Phase
 from execmesh.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.services
@@ -59,6 +60,7 @@ WATCHED = (
     "io.execmesh.result.stored",
     "io.execmesh.execution.cancelled",
     "io.execmesh.execution.timed_out",
+    "io.execmesh.execution.failed",
 )
 
 
@@ -213,6 +215,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             "K_SINK": ingress,
             "MONGODB_DATABASE": database,
             "SAGA_GRACE_SECONDS": "0.5",
+            "SAGA_STARTUP_SECONDS": "3",
             "WORKERS": "1",
             "THREADS": "4",
         }
@@ -323,11 +326,26 @@ def test_a_cancel_while_running_deletes_the_pod_and_the_result_says_cancelled(
     assert mesh.dead_letters.received == []
 
 
+def wait_for_phase(mesh: Mesh, execution_id: str, phase: Phase, timeout: float = 30) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(Settings.from_env().mongodb_url)
+    try:
+        store = MongoSagaStore(client[mesh.database])
+        deadline = time.monotonic() + timeout
+        while (saga := store.get(execution_id)) is None or saga.phase is not phase:
+            assert time.monotonic() < deadline, f"{execution_id} never reached {phase}: {saga}"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def test_a_silent_run_is_timed_out_on_the_ping_and_stored_as_timed_out(mesh: Mesh) -> None:
     name = f"quiet-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)
     post(mesh, accepted(name, timeout=1), at=now)
     mesh.sink.wait_for({("pod.create_requested", name)})
+    post(mesh, PodRunning(execution_id=name, pod_name=f"exec-{name}"), at=now)
+    wait_for_phase(mesh, name, Phase.RUNNING)
+    # Start + timeout + grace have passed, the start-up budget has not.
     post(mesh, PingTick(), at=now + timedelta(seconds=2))
     mesh.sink.wait_for(
         {
@@ -338,4 +356,26 @@ def test_a_silent_run_is_timed_out_on_the_ping_and_stored_as_timed_out(mesh: Mes
     )
     assert execution(mesh, name)["status"] == "timed_out"
     assert mesh.sink.of(name).count("result.stored") == 1
+    assert mesh.dead_letters.received == []
+
+
+def test_a_pod_that_never_runs_is_failed_on_the_ping_after_the_start_up_budget(
+    mesh: Mesh,
+) -> None:
+    name = f"stuck-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    post(mesh, accepted(name, timeout=1), at=now)
+    mesh.sink.wait_for({("pod.create_requested", name)})
+    post(mesh, PingTick(), at=now + timedelta(seconds=4))
+    mesh.sink.wait_for(
+        {
+            ("execution.failed", name),
+            ("pod.delete_requested", name),
+            ("saga.compensated", name),
+            ("result.stored", name),
+        }
+    )
+    assert "execution.timed_out" not in mesh.sink.of(name)
+    document = execution(mesh, name)
+    assert (document["status"], document["result"]["error_type"]) == ("failed", "startup_timeout")
     assert mesh.dead_letters.received == []

@@ -17,9 +17,11 @@ from execmesh.events import (
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionSpec,
+    ExecutionTimedOut,
     FailureType,
     Limits,
     PodCreateRequested,
+    PodRunning,
     Priority,
     TerminalStatus,
 )
@@ -29,7 +31,9 @@ from execmesh.saga.store import InMemorySagaStore, MongoSagaStore, SagaStore
 from execmesh.versioned import VersionConflict
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-POLICY = Policy(grace=timedelta(seconds=30), retention=timedelta(hours=1))
+POLICY = Policy(
+    grace=timedelta(seconds=30), retention=timedelta(hours=1), startup=timedelta(minutes=5)
+)
 LIMITS = Limits(timeout_seconds=10, memory_mb=128, cpu_millis=500, output_bytes=65536)
 SPEC = ExecutionSpec(language="python", version="3.11", script="print('héllo')")
 
@@ -71,6 +75,12 @@ def start(store: SagaStore, execution_id: str, at: datetime = T0) -> None:
     apply_event(store, execution_id, f"accepted-{execution_id}", accepted(execution_id), at, POLICY)
 
 
+def start_running(store: SagaStore, execution_id: str, at: datetime = T0) -> None:
+    start(store, execution_id, at)
+    running = PodRunning(execution_id=execution_id, pod_name=f"exec-{execution_id}")
+    apply_event(store, execution_id, f"running-{execution_id}", running, at, POLICY)
+
+
 def test_an_unknown_saga_is_none(store: SagaStore) -> None:
     assert store.get("nope") is None
 
@@ -83,7 +93,8 @@ def test_a_saved_saga_reads_back_equal_with_the_next_version(store: SagaStore) -
         user_id="alice",
         timeout_seconds=2.5,
         accepted_at=T0,
-        deadline=T0 + timedelta(seconds=32.5),
+        started_at=T0 + timedelta(seconds=1),
+        deadline=T0 + timedelta(seconds=33.5),
         pod_name="exec-e1",
         namespace="execmesh",
         applied=(
@@ -126,8 +137,8 @@ def test_saving_from_a_stale_version_conflicts(store: SagaStore) -> None:
 
 def test_due_finds_active_sagas_past_their_deadline_earliest_first(store: SagaStore) -> None:
     for index in range(5):
-        start(store, f"e{index}", T0 + timedelta(seconds=index))
-    start(store, "late", T0 + timedelta(hours=1))
+        start_running(store, f"e{index}", T0 + timedelta(seconds=index))
+    start_running(store, "late", T0 + timedelta(hours=1))
     now = T0 + timedelta(seconds=40 + 3)  # timeout 10 + grace 30
     assert store.due(now, 10) == ["e0", "e1", "e2", "e3"]
     assert store.due(now, 2) == ["e0", "e1"]
@@ -175,8 +186,8 @@ def test_a_purged_saga_starts_afresh(store: SagaStore) -> None:
 
 
 def test_the_deadline_check_times_out_due_sagas_and_is_safe_to_redeliver(store: SagaStore) -> None:
-    start(store, "e1")
-    start(store, "e2", T0 + timedelta(minutes=10))
+    start_running(store, "e1")
+    start_running(store, "e2", T0 + timedelta(minutes=10))
     config = SagaConfig(policy=POLICY, batch_size=10, purge_one_tick_in=1)
     now = T0 + timedelta(seconds=41)
     first = check_deadlines(store, "tick-1", now, config)
@@ -189,6 +200,26 @@ def test_the_deadline_check_times_out_due_sagas_and_is_safe_to_redeliver(store: 
     assert check_deadlines(store, "tick-2", now + timedelta(seconds=1), config) == ()
     ended = store.get("e1")
     assert ended is not None and ended.outcome is TerminalStatus.TIMED_OUT
+
+
+def test_pod_running_moves_the_deadline_the_check_finds(store: SagaStore) -> None:
+    start(store, "slow")  # start-up budget: due at T0 + 5 min
+    start_running(store, "quick")  # due at T0 + 40 s
+    assert store.due(T0 + timedelta(seconds=40), 10) == ["quick"]
+    assert store.due(T0 + timedelta(minutes=5), 10) == ["quick", "slow"]
+
+
+def test_the_deadline_check_fails_a_pod_that_never_ran_within_the_start_up_budget(
+    store: SagaStore,
+) -> None:
+    start(store, "stuck")
+    config = SagaConfig(policy=POLICY, batch_size=10)
+    assert check_deadlines(store, "tick-1", T0 + timedelta(seconds=41), config) == ()
+    failed, *_ = check_deadlines(store, "tick-2", T0 + timedelta(minutes=5), config)
+    assert isinstance(failed, ExecutionFailed)
+    assert failed.error_type is FailureType.STARTUP_TIMEOUT
+    ended = store.get("stuck")
+    assert ended is not None and ended.outcome is TerminalStatus.FAILED
 
 
 def test_concurrent_read_modify_writes_lose_no_update(
@@ -262,3 +293,39 @@ def run_threads(worker: Callable[[int], None], count: int) -> None:
         thread.join(timeout=60)
         assert not thread.is_alive(), "worker thread hung"
     assert not errors, errors
+
+
+@pytest.mark.services
+def test_a_document_saved_before_the_start_up_budget_is_read_and_run_to_its_end(
+    mongo_database: Database[dict[str, Any]],
+) -> None:
+    store = MongoSagaStore(mongo_database)
+    store.ensure_indexes()
+    # What the previous version saved: acceptance + timeout + grace, no start-up budget.
+    legacy = {
+        "phase": "pod_created",
+        "updated_at": T0,
+        "applied": [],
+        "user_id": "alice",
+        "timeout_seconds": 10.0,
+        "accepted_at": T0,
+        "deadline": T0 + timedelta(seconds=40),
+        "pod_name": "exec-legacy",
+        "namespace": "execmesh",
+    }
+    store.documents.save("legacy", legacy, 0)
+    config = SagaConfig(policy=POLICY, batch_size=10)
+    assert check_deadlines(store, "tick-1", T0 + timedelta(seconds=41), config) == ()
+    waiting = store.get("legacy")
+    assert waiting is not None and waiting.phase is Phase.POD_CREATED
+    assert waiting.deadline == T0 + POLICY.startup and waiting.started_at is None
+    # The re-armed deadline was a one-write save: the next tick reads the head right again.
+    assert check_deadlines(store, "tick-1b", T0 + timedelta(seconds=45), config) == ()
+    assert store.due(T0 + timedelta(seconds=45), 10) == []
+    running = PodRunning(
+        execution_id="legacy", pod_name="exec-legacy", started_at=T0 + timedelta(seconds=50)
+    )
+    apply_event(store, "legacy", "running", running, T0 + timedelta(seconds=51), POLICY)
+    assert check_deadlines(store, "tick-2", T0 + timedelta(seconds=89), config) == ()
+    timed_out, *_ = check_deadlines(store, "tick-3", T0 + timedelta(seconds=90), config)
+    assert timed_out == ExecutionTimedOut(execution_id="legacy", timeout_seconds=10)

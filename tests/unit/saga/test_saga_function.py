@@ -38,7 +38,9 @@ from execmesh.saga.store import InMemorySagaStore
 from execmesh.settings import PROJECT_ROOT, Settings
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-POLICY = Policy(grace=timedelta(seconds=30), retention=timedelta(hours=1))
+POLICY = Policy(
+    grace=timedelta(seconds=30), retention=timedelta(hours=1), startup=timedelta(minutes=5)
+)
 LIMITS = Limits(timeout_seconds=10, memory_mb=128, cpu_millis=500, output_bytes=65536)
 PING_SOURCE = "/apis/v1/namespaces/execmesh/pingsources/execmesh-tick"
 
@@ -125,7 +127,7 @@ def test_an_acceptance_asks_for_the_pod_and_answers_202_with_no_body(harness: Ha
     assert (sent.subject, sent.extensions["partitionkey"]) == ("e1", "e1")
     assert sent.data["limits"] == LIMITS.model_dump(mode="json")
     saga = harness.store.get("e1")
-    assert saga is not None and saga.deadline == T0 + timedelta(seconds=40)
+    assert saga is not None and saga.deadline == T0 + timedelta(minutes=5)
 
 
 def test_a_run_cancelled_while_running_deletes_the_pod_then_reports_cancelled(
@@ -148,9 +150,9 @@ def test_a_cancel_before_the_acceptance_means_no_pod_is_ever_asked_for(harness: 
 
 
 def test_the_ping_times_out_every_saga_past_its_deadline(harness: Harness) -> None:
-    for name in ("e1", "e2"):
-        harness.post(accepted(name), f"a-{name}")
-    harness.post(accepted("e3"), "a-e3", at=T0 + timedelta(minutes=5))
+    for name, start in (("e1", T0), ("e2", T0), ("e3", T0 + timedelta(minutes=5))):
+        harness.post(accepted(name), f"a-{name}", at=start)
+        harness.post(PodRunning(execution_id=name, pod_name="p"), f"r-{name}", at=start)
     harness.take()
     tick = T0 + timedelta(seconds=41)
     assert harness.post(PingTick(), "tick-1", at=tick, source=PING_SOURCE).status_code == 202
@@ -165,7 +167,7 @@ def test_the_ping_times_out_every_saga_past_its_deadline(harness: Harness) -> No
 
 def test_a_redelivery_after_a_crash_re_sends_the_same_events(harness: Harness) -> None:
     harness.post(accepted("e1"), "a1")
-    tick = T0 + timedelta(minutes=1)
+    tick = T0 + timedelta(minutes=6)
     harness.post(PingTick(), "tick-1", at=tick, source=PING_SOURCE)
     first = list(harness.sender.sent)
     harness.sender.sent.clear()
@@ -174,6 +176,29 @@ def test_a_redelivery_after_a_crash_re_sends_the_same_events(harness: Harness) -
     harness.post(PingTick(), "tick-1", at=tick, source=PING_SOURCE)
     assert [(e.id, e.type, dict(e.data)) for e in harness.sender.sent] == [
         (e.id, e.type, dict(e.data)) for e in first
+    ]
+    assert [e.type.removeprefix("io.execmesh.") for e in first[1:]] == [
+        "execution.failed",
+        "pod.delete_requested",
+        "saga.compensated",
+    ]
+
+
+def test_a_pod_that_started_late_gets_its_whole_timeout_from_its_own_start_time(
+    harness: Harness,
+) -> None:
+    harness.post(accepted("e1"), "a1")
+    started = T0 + timedelta(seconds=199)
+    running = PodRunning(execution_id="e1", pod_name="p", started_at=started)
+    harness.post(running, "r1", at=T0 + timedelta(seconds=200))
+    harness.take()
+    harness.post(PingTick(), "tick-1", at=started + timedelta(seconds=39), source=PING_SOURCE)
+    assert harness.take() == []
+    harness.post(PingTick(), "tick-2", at=started + timedelta(seconds=40), source=PING_SOURCE)
+    assert harness.take() == [
+        ("execution.timed_out", "e1"),
+        ("pod.delete_requested", "e1"),
+        ("saga.compensated", "e1"),
     ]
 
 

@@ -30,7 +30,12 @@ from execmesh.events import (
 from execmesh.saga.machine import DeadlineCheck, Message, Phase, Policy, Saga, Step, advance
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-POLICY = Policy(grace=timedelta(seconds=30), retention=timedelta(days=1), remembered_events=4)
+POLICY = Policy(
+    grace=timedelta(seconds=30),
+    retention=timedelta(days=1),
+    startup=timedelta(minutes=5),
+    remembered_events=4,
+)
 EXEC = "exec-1"
 LIMITS = Limits(timeout_seconds=10, memory_mb=128, cpu_millis=500, output_bytes=65536)
 SPEC = ExecutionSpec(language="python", version="3.11", script="print(1)")
@@ -53,6 +58,7 @@ TIMED_OUT = ExecutionTimedOut(execution_id=EXEC, timeout_seconds=10)
 CANCELLED = ExecutionCancelled(execution_id=EXEC, reason="cancelled while queued")
 TICK = DeadlineCheck()
 DEADLINE = T0 + timedelta(seconds=40)
+STARTUP_ENDS = T0 + POLICY.startup
 
 
 def saga_in(phase: Phase, **changes: object) -> Saga:
@@ -77,6 +83,10 @@ CANCELLING = saga_in(Phase.CANCELLING, cancel_reason="user pressed stop")
 DONE_OK = saga_in(Phase.FINISHED, outcome=TerminalStatus.COMPLETED, deadline=None)
 DONE_CANCELLED = saga_in(Phase.FINISHED, outcome=TerminalStatus.CANCELLED, deadline=None)
 DONE_TIMED_OUT = saga_in(Phase.FINISHED, outcome=TerminalStatus.TIMED_OUT, deadline=None)
+DONE_FAILED = saga_in(Phase.FINISHED, outcome=TerminalStatus.FAILED, deadline=None)
+# Before the pod runs, the deadline is the end of the start-up budget.
+STARTING = saga_in(Phase.POD_REQUESTED, deadline=STARTUP_ENDS)
+STARTED = saga_in(Phase.POD_CREATED, pod_name="exec-exec-1", deadline=STARTUP_ENDS)
 BEFORE_DEADLINE = DEADLINE - timedelta(seconds=1)
 
 Row = tuple[
@@ -112,6 +122,8 @@ TRANSITIONS: dict[str, Row] = {
         DONE_CANCELLED, CREATED, T0, Phase.FINISHED, CANC, [PodDeleteRequested]),
     "pod created after a deadline deletes the late pod": (
         DONE_TIMED_OUT, CREATED, T0, Phase.FINISHED, TIME, [PodDeleteRequested]),
+    "pod created after a failure deletes the late pod": (
+        DONE_FAILED, CREATED, T0, Phase.FINISHED, FAIL, [PodDeleteRequested]),
     "pod created after a completion changes nothing": (
         DONE_OK, CREATED, T0, Phase.FINISHED, OK, []),
     "pod created for an unknown saga is ignored": (None, CREATED, T0, None, None, []),
@@ -174,9 +186,14 @@ TRANSITIONS: dict[str, Row] = {
     "deadline passed while running times out and compensates": (
         RUNNING_SAGA, TICK, DEADLINE, Phase.FINISHED, TIME,
         [ExecutionTimedOut, PodDeleteRequested, SagaCompensated]),
-    "deadline passed before the pod was created times out": (
-        POD_REQUESTED, TICK, DEADLINE + timedelta(hours=1), Phase.FINISHED, TIME,
-        [ExecutionTimedOut, PodDeleteRequested, SagaCompensated]),
+    "start-up budget spent before the pod was created fails the run": (
+        STARTING, TICK, STARTUP_ENDS, Phase.FINISHED, FAIL,
+        [ExecutionFailed, PodDeleteRequested, SagaCompensated]),
+    "start-up budget spent before the pod ran fails the run": (
+        STARTED, TICK, STARTUP_ENDS, Phase.FINISHED, FAIL,
+        [ExecutionFailed, PodDeleteRequested, SagaCompensated]),
+    "start-up budget not yet spent changes nothing": (
+        STARTED, TICK, STARTUP_ENDS - timedelta(seconds=1), Phase.POD_CREATED, None, []),
     "deadline not yet passed changes nothing": (
         RUNNING_SAGA, TICK, BEFORE_DEADLINE, Phase.RUNNING, None, []),
     "deadline passed while cancelling ends cancelled and deletes again": (
@@ -217,10 +234,10 @@ def test_transition(
         assert step.saga.updated_at == now
 
 
-def test_accepted_sets_the_deadline_to_acceptance_plus_timeout_plus_grace() -> None:
+def test_accepted_sets_the_deadline_to_the_end_of_the_start_up_budget() -> None:
     step = advance(None, "accepted", ACCEPTED, T0, POLICY)
     assert step.saga is not None
-    assert step.saga.deadline == T0 + timedelta(seconds=10) + timedelta(seconds=30)
+    assert step.saga.deadline == T0 + timedelta(minutes=5)
     assert step.saga.accepted_at == T0
     assert step.saga.version == 0
     (create,) = step.emitted
@@ -343,3 +360,127 @@ def test_the_event_that_finishes_a_saga_is_remembered_as_its_end() -> None:
     assert step.saga is not None and step.saga.ended_by == "tick-9"
     later = advance(step.saga, "late", CREATED, DEADLINE, POLICY)
     assert later.saga is not None and later.saga.ended_by == "tick-9"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def running(started_at: datetime | None = None) -> PodRunning:
+    return PodRunning(execution_id=EXEC, pod_name="exec-exec-1", started_at=started_at)
+
+
+def replay(events: list[tuple[float, Message]], start: Saga | None = None) -> list[Step]:
+    """Applies each (seconds after T0, message) in turn; returns every step."""
+    saga, steps = start, []
+    for index, (seconds, message) in enumerate(events):
+        step = advance(saga, f"event-{index}", message, at(seconds), POLICY)
+        saga = step.saga
+        steps.append(step)
+    return steps
+
+
+def test_pod_running_counts_the_timeout_from_the_pods_own_start() -> None:
+    *_, step = replay([(0, ACCEPTED), (102, running(started_at=at(100)))])
+    assert step.saga is not None and step.saga.phase is Phase.RUNNING
+    assert step.saga.started_at == at(100)
+    assert step.saga.deadline == at(100 + 10 + 30)
+
+
+def test_pod_running_without_a_start_time_counts_from_its_handling() -> None:
+    *_, step = replay([(0, ACCEPTED), (120, running())])
+    assert step.saga is not None and step.saga.deadline == at(120 + 10 + 30)
+
+
+def test_a_pod_start_time_ahead_of_the_clock_buys_no_extra_time() -> None:
+    *_, step = replay([(0, ACCEPTED), (50, running(started_at=at(500)))])
+    assert step.saga is not None and step.saga.deadline == at(50 + 10 + 30)
+
+
+def test_a_slow_start_that_then_runs_within_its_timeout_is_not_timed_out() -> None:
+    steps = replay(
+        [
+            (0, ACCEPTED),
+            (150, CREATED),
+            (200, running(started_at=at(200))),
+            (200 + 10 + 30 - 1, TICK),  # 239 s after the acceptance, 39 s after the start
+            (209, COMPLETED),
+        ]
+    )
+    assert [type(p) for s in steps for p in s.emitted] == [PodCreateRequested, SagaCompleted]
+    assert steps[-1].saga is not None and steps[-1].saga.outcome is TerminalStatus.COMPLETED
+
+
+def test_a_run_silent_past_its_start_plus_timeout_plus_grace_is_timed_out() -> None:
+    *_, step = replay([(0, ACCEPTED), (200, running(started_at=at(200))), (240, TICK)])
+    assert [type(p) for p in step.emitted] == [
+        ExecutionTimedOut,
+        PodDeleteRequested,
+        SagaCompensated,
+    ]
+    assert step.saga is not None and step.saga.outcome is TerminalStatus.TIMED_OUT
+
+
+def test_a_pod_never_running_within_the_start_up_budget_fails_as_startup_timeout() -> None:
+    *_, early, step = replay([(0, ACCEPTED), (60, CREATED), (299, TICK), (300, TICK)])
+    assert early.emitted == ()
+    failed, delete, compensated = step.emitted
+    assert isinstance(failed, ExecutionFailed)
+    assert failed.error_type is FailureType.STARTUP_TIMEOUT
+    assert "300 s" in failed.message
+    assert delete == PodDeleteRequested(execution_id=EXEC, reason="start-up budget exceeded")
+    assert isinstance(compensated, SagaCompensated)
+    assert compensated.status is TerminalStatus.FAILED
+    assert compensated.reason.startswith("startup_timeout: ")
+    assert step.saga is not None and step.saga.outcome is TerminalStatus.FAILED
+
+
+def test_a_pod_running_after_the_start_up_failure_revives_nothing() -> None:
+    steps = replay([(0, ACCEPTED), (300, TICK), (301, running(started_at=at(299)))])
+    ended, late = steps[1].saga, steps[2]
+    assert ended is not None and ended.phase is Phase.FINISHED
+    assert late.saga == ended and late.emitted == () and not late.changed
+
+
+@pytest.mark.parametrize(
+    "start",
+    [RUNNING_SAGA, CANCELLING, DONE_OK, DONE_FAILED, DONE_TIMED_OUT],
+    ids=["running", "cancelling", "completed", "failed", "timed out"],
+)
+def test_a_pod_running_after_the_first_or_after_the_end_moves_nothing(start: Saga) -> None:
+    step = advance(start, "late-running", running(started_at=at(1)), at(2), POLICY)
+    assert step == Step(start)
+
+
+def test_a_duplicate_pod_running_keeps_the_first_start() -> None:
+    steps = replay([(0, ACCEPTED), (5, running(at(5))), (90, running(at(80)))])
+    first, second = steps[1].saga, steps[2]
+    assert first is not None and first.deadline == at(5 + 10 + 30)
+    assert second.saga == first and not second.changed
+
+
+def test_a_pod_running_before_pod_created_then_pod_created_keeps_the_run_deadline() -> None:
+    *_, step = replay([(0, ACCEPTED), (30, running(at(30))), (31, CREATED)])
+    assert step.saga is not None and step.saga.phase is Phase.RUNNING
+    assert step.saga.deadline == at(30 + 10 + 30)
+
+
+# Saved by the version before the start-up budget: acceptance + timeout + grace, no start time.
+LEGACY_STARTING = saga_in(Phase.POD_CREATED, pod_name="exec-exec-1", deadline=at(40))
+
+
+def test_a_saga_saved_before_the_start_up_budget_waits_for_it_instead_of_timing_out() -> None:
+    waited, failed = replay([(41, TICK), (300, TICK)], start=LEGACY_STARTING)
+    assert waited.emitted == () and waited.changed
+    assert waited.saga is not None and waited.saga.deadline == STARTUP_ENDS
+    assert waited.saga.phase is Phase.POD_CREATED
+    assert [type(p) for p in failed.emitted] == [
+        ExecutionFailed,
+        PodDeleteRequested,
+        SagaCompensated,
+    ]
+
+
+def test_a_saga_saved_before_the_start_up_budget_counts_the_timeout_from_pod_running() -> None:
+    *_, step = replay([(35, running(at(35)))], start=LEGACY_STARTING)
+    assert step.saga is not None and step.saga.deadline == at(35 + 10 + 30)
