@@ -7,6 +7,7 @@ machine (loopback), which a deployed API refuses by default.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ def mesh_processes(
     if api.exists():
         port = str(local.service_ports["api"])
         server = (_bin("uvicorn"), "api.app:app", "--host", local.host, "--port", port)
-        env = {**sink, "EXECMESH_API_CALLBACK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS}
+        # On one machine the callback receivers are local too, unless the operator says otherwise.
+        allowed = os.environ.get("EXECMESH_API_CALLBACK_ALLOWED_NETWORKS", LOOPBACK_NETWORKS)
+        env = {**sink, "EXECMESH_API_CALLBACK_ALLOWED_NETWORKS": allowed}
         processes.append(Process("api", server, env))
     return processes
