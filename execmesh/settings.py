@@ -58,7 +58,8 @@ class Settings:
     default_memory_mb: int = 256
     default_cpu_millis: int = 500
     default_output_bytes: int = 1024 * 1024
-    # A slot is leased for the execution's timeout plus this; a lost run frees it on expiry.
+    # A slot is leased for the saga's longest run (start-up budget + timeout + grace) plus
+    # this; a run lost by every function frees its slot on expiry.
     lease_seconds: float = 120.0
     # A multiplier on the dlq's retry delays (tests make them fast).
     dlq_delay_scale: float = 1.0

@@ -56,7 +56,12 @@ class Coordinator:
             store=RedisAdmissionStore(client, Capacity.from_settings(settings)),
             server=ServerLimits.from_settings(settings),
             resolve=lambda language, version: runtimes.resolve(language, version, backend),
-            lease_seconds=settings.lease_seconds,
+            # The saga ends any run by its start-up budget, then timeout + grace, and its
+            # terminal event frees the slot: the lease only frees the slots of runs the saga
+            # lost too, so it must outlast both budgets or the limits could be overrun.
+            lease_seconds=(
+                settings.saga_startup_seconds + settings.saga_grace_seconds + settings.lease_seconds
+            ),
         )
 
     def handle(self, event: IncomingEvent) -> list[Emission]:

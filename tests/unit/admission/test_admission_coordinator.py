@@ -53,6 +53,15 @@ def test_the_lease_lasts_the_timeout_plus_the_lease_setting() -> None:
     assert emission.payload.lease_expires_at.timestamp() == NOW + 12.5 + 30
 
 
+def test_a_deployed_coordinators_lease_outlasts_the_sagas_start_up_and_run_deadlines() -> None:
+    settings = Settings(saga_startup_seconds=300, saga_grace_seconds=30, lease_seconds=120)
+
+    coord = Coordinator.from_settings(settings)
+
+    # A slot freed before the saga gives up on its run would let the limits be overrun.
+    assert coord.lease_seconds == 300 + 30 + 120
+
+
 def test_the_coordinator_rejection_it_hears_back_does_not_free_a_slot() -> None:
     coord = coordinator(Capacity(max_global=1))
     coord.handle(request("ex-1"))
