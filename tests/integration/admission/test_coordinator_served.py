@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +14,14 @@ from coordinator_harness import MAIN, requested
 
 from execmesh.events import ExecutionCompleted, Payload
 from execmesh.settings import Settings
+from tests.support.functions import serving_function
 from tests.support.http_sink import serving_posts
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.services
 
-PORTS = range(19700, 19800)
 # A database of its own: the served function uses the default key prefix.
 REDIS_DB = 13
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def redis_url() -> str:
@@ -66,40 +51,17 @@ def sink() -> Iterator[tuple[str, list[dict[str, str]]]]:
 def coordinator_url(sink: tuple[str, list[dict[str, str]]], tmp_path: Path) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url(), socket_timeout=5.0)
     forget_everything(client)
-    port = free_port()
     env = {
-        **os.environ,
         "K_SINK": sink[0],
         "REDIS_URL": redis_url(),
         "EXECMESH_POD_BACKEND": "cluster",
         "EXECMESH_MAX_GLOBAL": "1",
     }
-    bin_dir = Path(sys.executable).parent
-    argv = [str(bin_dir / "functions-framework"), "--target", "coordinator"]
-    argv += ["--source", str(MAIN), "--host", "127.0.0.1", "--port", str(port)]
-    log = (tmp_path / "coordinator.log").open("wb")
-    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "coordinator.log"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/readiness", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "coordinator.log").read_text()
-            assert time.monotonic() < deadline, "the coordinator did not become ready"
-            time.sleep(0.1)
-        yield url
+        with serving_function("coordinator", MAIN, free_port(), env, log) as url:
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
         forget_everything(client)
         client.close()
 

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -29,6 +27,7 @@ from execmesh.events import ExecutionSpec, Limits, PodCreateRequested
 from execmesh.kube.client import KubeClients, clients_for_url
 from execmesh.settings import PROJECT_ROOT
 from tests.support.http_sink import serving_posts
+from tests.support.processes import stop_process, wait_until_ready
 
 NAMESPACE = "execmesh"
 
@@ -50,33 +49,21 @@ class Node:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = (self.data_dir.parent / f"node-{self.port}.log").open("ab")
+        log_path = self.data_dir.parent / f"node-{self.port}.log"
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "execmesh.cli", "node", "--port", str(self.port)),
                 *("--data-dir", str(self.data_dir), "--watch-history", str(self.watch_history)),
             ],
-            stdout=log,
+            stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,
         )
-        wait_until(self._healthy, 20, "the node did not answer /healthz")
-
-    def _healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the node exited"
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        wait_until_ready(f"{self.url}/healthz", self.process, log_path, timeout=20)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            stop_process(self.process)
         self.process = None
 
     def clients(self) -> KubeClients:
@@ -186,33 +173,3 @@ def local_config_for(node: Node, workdir: Path) -> Path:
     path = workdir / "local.yaml"
     path.write_text(yaml.safe_dump(local))
     return path
-
-
-@contextlib.contextmanager
-def running_process(
-    argv: list[str], env: dict[str, str], log: Path, ready_url: str | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A process of the mesh, stopped with SIGTERM (then SIGKILL) however the test ends."""
-    process = subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-    def ready() -> bool:
-        assert process.poll() is None, f"{argv[0]} exited; see {log}"
-        if ready_url is None:
-            return True
-        try:
-            return httpx.get(ready_url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 30, f"{' '.join(argv[:3])} ready")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +15,6 @@ from kube_harness import (
     needs_sandbox,
     running_sink,
     start_node,
-    wait_until,
 )
 
 from execmesh.events import (
@@ -30,7 +25,7 @@ from execmesh.events import (
     PodDeleteRequested,
 )
 from execmesh.mesh import derive_event_id
-from execmesh.settings import PROJECT_ROOT
+from tests.support.functions import function_main, serving_function
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
 
@@ -60,36 +55,13 @@ def function_url(
 ) -> Iterator[str]:
     tmp_path = tmp_path_factory.mktemp("k8s-worker")
     env = {
-        **os.environ,
         "K_SINK": module_sink.url,
         "EXECMESH_POD_BACKEND": "local",
         "EXECMESH_LOCAL_CONFIG": str(local_config_for(node, tmp_path)),
     }
-    process = subprocess.Popen(
-        [
-            *(str(Path(sys.executable).parent / "functions-framework"), "--target", "k8s_worker"),
-            *("--source", str(PROJECT_ROOT / "functions" / "k8s_worker" / "main.py")),
-            *("--host", "127.0.0.1", "--port", str(PORT)),
-        ],
-        env=env,
-        stdout=(tmp_path / "k8s-worker.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{PORT}"
-
-    def ready() -> bool:
-        assert process.poll() is None, "functions-framework exited"
-        try:
-            return httpx.get(f"{url}/health/readiness", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 30, "the k8s_worker answering its readiness probe")
+    source = function_main("k8s_worker")
+    with serving_function("k8s_worker", source, PORT, env, tmp_path / "k8s-worker.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def post(url: str, payload: Payload, event_id: str) -> httpx.Response:

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +21,6 @@ from kube_harness import (
     a_request,
     local_config_for,
     needs_sandbox,
-    running_process,
     running_sink,
     start_node,
     wait_until,
@@ -39,10 +37,11 @@ from execmesh.events import (
 from execmesh.mongo import connect
 from execmesh.results.outputs import MongoOutputStore
 from execmesh.settings import PROJECT_ROOT, Settings
+from tests.support.functions import function_main, functions_framework
+from tests.support.processes import BIN, running_process
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
 
-BIN = Path(sys.executable).parent
 BROKER_PORT, WORKER_PORT = 19920, 19921
 OUT_TYPES = (
     "io.execmesh.pod.created",
@@ -109,11 +108,7 @@ def mesh(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]
         "EXECMESH_POD_BACKEND": "local",
         "EXECMESH_LOCAL_CONFIG": str(local_config_for(node, tmp_path)),
     }
-    worker = [
-        *(str(BIN / "functions-framework"), "--target", "k8s_worker"),
-        *("--source", str(PROJECT_ROOT / "functions" / "k8s_worker" / "main.py")),
-        *("--host", "127.0.0.1", "--port", str(WORKER_PORT)),
-    ]
+    worker = functions_framework("k8s_worker", function_main("k8s_worker"), WORKER_PORT)
     monitor = [sys.executable, str(PROJECT_ROOT / "functions" / "pod_monitor" / "main.py")]
     broker_argv = [
         *(str(BIN / "execmesh"), "broker", "--eventing-dir", str(eventing)),

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-import pytest
-
+from tests.support.functions import serving_function
 from tests.support.http_sink import serving_posts
 from tests.support.ports import free_port
-
-BIN = Path(sys.executable).parent
 
 ECHO_SOURCE = """
     from execmesh.events import ExecutionCancelled
@@ -72,50 +64,7 @@ def running_function(
     """``functions-framework`` serving ``ECHO_SOURCE``; yields its URL once it is ready."""
     source = workdir / "main.py"
     source.write_text(textwrap.dedent(ECHO_SOURCE))
+    env = {"WORKERS": "1", "THREADS": "4", **env}
     port = port or free_port()
-    command = [
-        str(BIN / "functions-framework"),
-        *("--target", target, "--source", str(source), "--host", "127.0.0.1"),
-        *("--port", str(port)),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with running_process(command, env, workdir / "function.log", f"{url}/health/readiness"):
+    with serving_function(target, source, port, env, workdir / "function.log") as url:
         yield url
-
-
-@contextmanager
-def running_process(
-    command: Sequence[str], env: Mapping[str, str], log_path: Path, ready_url: str
-) -> Iterator[None]:
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, "WORKERS": "1", "THREADS": "4", **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_until_ready(ready_url, process, log_path)
-            yield
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args!r} exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"not ready after 30 s: {log.read_text()[-2000:]}")

@@ -22,8 +22,9 @@ from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
 from tests.support.ports import free_port
+from tests.support.processes import BIN, running_process
 
-from .serving import BIN, Sink, running_function, running_process, running_sink
+from .serving import Sink, running_function, running_sink
 
 pytestmark = pytest.mark.services
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from kubernetes import client, watch
 
 from execmesh.pods.runtimes import available
+from tests.support.ports import free_port
+from tests.support.processes import stop_process, wait_until_ready
 
 NAMESPACE = "execmesh-test"
 
@@ -27,13 +27,6 @@ needs_sandbox = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("bwrap") is None,
     reason="the local node needs root and bubblewrap",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -48,33 +41,20 @@ class Node:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = (self.data_dir.parent / f"node-{self.port}.log").open("ab")
+        log_path = self.data_dir.parent / f"node-{self.port}.log"
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "execmesh.node.main", "--port", str(self.port)),
                 *("--data-dir", str(self.data_dir), *self.extra_args),
             ],
-            stdout=log,
+            stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, "the node exited at start"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise AssertionError("the node did not answer /healthz within 20 s")
+        wait_until_ready(f"{self.url}/healthz", self.process, log_path, timeout=20)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            stop_process(self.process, sig)
         self.process = None
 
     def core(self) -> client.CoreV1Api:
