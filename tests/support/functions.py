@@ -17,9 +17,9 @@ def function_main(name: str) -> Path:
     return PROJECT_ROOT / "functions" / name / "main.py"
 
 
-def load_function(path: Path, module_name: str) -> ModuleType:
-    """A fresh module of the function's source, as functions-framework loads it."""
-    spec = importlib.util.spec_from_file_location(module_name, path)
+def load_function(name: str) -> ModuleType:
+    """A fresh module of ``functions/<name>/main.py``, as functions-framework loads it."""
+    spec = importlib.util.spec_from_file_location(f"{name}_main", function_main(name))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,11 +5,9 @@ Shared by the tests of the function against the in-memory store and the Redis st
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import flask
@@ -27,21 +25,15 @@ from execmesh.mesh import (
 )
 from execmesh.mesh.idempotency import IdempotencyStore
 from execmesh.pods.runtimes import RuntimeRegistry, cluster_runtimes
-from execmesh.settings import PROJECT_ROOT, Settings
+from execmesh.settings import Settings
+from tests.support.cloudevents import binary_headers
+from tests.support.functions import function_main, load_function
 
-MAIN = PROJECT_ROOT / "functions" / "coordinator" / "main.py"
+MAIN = function_main("coordinator")
 REGISTRY = RuntimeRegistry({"cluster": cluster_runtimes(), "local": ()})
 START = 1_800_000_000.0
 LEASE_SECONDS = 60.0
 SERVER = ServerLimits(max_timeout_seconds=120, max_memory_mb=1024, max_cpu_millis=2000)
-
-
-def load_main() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("coordinator_main", MAIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -73,7 +65,9 @@ class Harness:
 
     def _client(self, idempotency: IdempotencyStore) -> flask.testing.FlaskClient:
         runtime = Runtime(Settings(), self.coordinator, idempotency, self.sender)
-        view = cloud_event_function("coordinator", load_main().on_event, runtime=runtime)
+        view = cloud_event_function(
+            "coordinator", load_function("coordinator").on_event, runtime=runtime
+        )
         return flask_app(view).test_client()
 
     def restarted(self) -> Harness:
@@ -85,13 +79,7 @@ class Harness:
         return self.post_raw(payload.TYPE, payload.to_data(), event_id, source)
 
     def post_raw(self, ce_type: str, data: Any, event_id: str, source: str = "/test") -> int:
-        headers = {
-            "content-type": "application/json",
-            "ce-specversion": "1.0",
-            "ce-id": event_id,
-            "ce-source": source,
-            "ce-type": ce_type,
-        }
+        headers = binary_headers(ce_type, event_id, source)
         response = self.client.post("/", headers=headers, data=json.dumps(data))
         return response.status_code
 

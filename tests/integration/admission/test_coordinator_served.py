@@ -14,6 +14,7 @@ from coordinator_harness import MAIN, requested
 
 from execmesh.events import ExecutionCompleted, Payload
 from execmesh.settings import Settings
+from tests.support.cloudevents import binary_headers
 from tests.support.functions import serving_function
 from tests.support.http_sink import serving_posts
 from tests.support.ports import free_port
@@ -67,13 +68,7 @@ def coordinator_url(sink: tuple[str, list[dict[str, str]]], tmp_path: Path) -> I
 
 
 def post(url: str, payload: Payload, event_id: str) -> int:
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": "/test",
-        "ce-type": payload.TYPE,
-    }
+    headers = binary_headers(payload.TYPE, event_id, "/test")
     return httpx.post(url, headers=headers, content=json.dumps(payload.to_data())).status_code
 
 

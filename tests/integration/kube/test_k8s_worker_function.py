@@ -25,6 +25,7 @@ from execmesh.events import (
     PodDeleteRequested,
 )
 from execmesh.mesh import derive_event_id
+from tests.support.cloudevents import binary_headers
 from tests.support.functions import function_main, serving_function
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
@@ -65,13 +66,7 @@ def function_url(
 
 
 def post(url: str, payload: Payload, event_id: str) -> httpx.Response:
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": "/execmesh/saga",
-        "ce-type": payload.TYPE,
-    }
+    headers = binary_headers(payload.TYPE, event_id, "/execmesh/saga")
     return httpx.post(url, headers=headers, content=payload.model_dump_json(), timeout=30)
 
 

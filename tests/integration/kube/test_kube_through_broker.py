@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from kafka.admin import KafkaAdminClient
 from kube_harness import (
     Node,
     Received,
@@ -37,7 +36,9 @@ from execmesh.events import (
 from execmesh.mongo import connect
 from execmesh.results.outputs import MongoOutputStore
 from execmesh.settings import PROJECT_ROOT, Settings
+from tests.support.cloudevents import binary_headers
 from tests.support.functions import function_main, functions_framework
+from tests.support.knative import forget_broker
 from tests.support.processes import BIN, running_process
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
@@ -142,26 +143,12 @@ def mesh(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]
             ):
                 yield Mesh(ingress, sink, dead_letters)
         finally:
-            forget(broker)
-
-
-def forget(broker: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=Settings.from_env().kafka_bootstrap_servers)
-    try:
-        admin.delete_groups([f"knative-trigger-execmesh-{broker}-{n}" for n in ("worker", "out")])
-        admin.delete_topics([f"knative-broker-execmesh-{broker}"])
-    finally:
-        admin.close()
+            triggers = [f"{broker}-worker", f"{broker}-out"]
+            forget_broker(Settings.from_env(), "execmesh", broker, triggers)
 
 
 def submit(mesh: Mesh, payload: Payload) -> None:
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": f"evt-{uuid.uuid4()}",
-        "ce-source": "/execmesh/saga",
-        "ce-type": payload.TYPE,
-    }
+    headers = binary_headers(payload.TYPE, f"evt-{uuid.uuid4()}", "/execmesh/saga")
     response = httpx.post(mesh.ingress, headers=headers, content=payload.model_dump_json())
     assert response.status_code == 202
 

@@ -14,6 +14,7 @@ import pytest
 from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
+from tests.support.cloudevents import binary_headers
 
 from .serving import Sink, running_function, running_sink
 
@@ -53,15 +54,9 @@ def post_cancel_request(
     url: str, event_id: str, client: httpx.Client | None = None
 ) -> httpx.Response:
     payload = ExecutionCancelRequested(execution_id="ex-ff", reason="test")
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": "/execmesh/api",
-        "ce-type": payload.TYPE,
-        "ce-subject": "ex-ff",
-        "ce-partitionkey": "ex-ff",
-    }
+    headers = binary_headers(
+        payload.TYPE, event_id, "/execmesh/api", subject="ex-ff", partitionkey="ex-ff"
+    )
     body = json.dumps(payload.to_data())
     if client is None:
         return httpx.post(url, headers=headers, content=body, timeout=10)

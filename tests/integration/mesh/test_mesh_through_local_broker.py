@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from kafka.admin import KafkaAdminClient
 
 from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
+from tests.support.cloudevents import binary_headers
+from tests.support.knative import forget_broker
 from tests.support.ports import free_port
 from tests.support.processes import BIN, running_process
 
@@ -99,7 +100,8 @@ def module_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             ):
                 yield Mesh(ingress, sink, dead_letters)
         finally:
-            forget_broker(settings, broker)
+            triggers = [f"{broker}-echo", f"{broker}-out"]
+            forget_broker(settings, NAMESPACE, broker, triggers)
 
 
 @pytest.fixture
@@ -109,28 +111,11 @@ def mesh(module_mesh: Mesh) -> Mesh:
     return module_mesh
 
 
-def forget_broker(settings: Settings, broker: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    try:
-        admin.delete_groups(
-            [f"knative-trigger-{NAMESPACE}-{broker}-{name}" for name in ("echo", "out")]
-        )
-        admin.delete_topics([f"knative-broker-{NAMESPACE}-{broker}"])
-    finally:
-        admin.close()
-
-
 def post_to_broker(ingress: str, event_id: str) -> httpx.Response:
     payload = ExecutionCancelRequested(execution_id="ex-broker", reason="test")
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": "/execmesh/api",
-        "ce-type": payload.TYPE,
-        "ce-subject": "ex-broker",
-        "ce-partitionkey": "ex-broker",
-    }
+    headers = binary_headers(
+        payload.TYPE, event_id, "/execmesh/api", subject="ex-broker", partitionkey="ex-broker"
+    )
     return httpx.post(ingress, headers=headers, content=json.dumps(payload.to_data()), timeout=10)
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import ModuleType
 
 import flask
 import flask.testing
@@ -38,20 +36,13 @@ from execmesh.mesh import (
 from execmesh.results.processor import ResultProcessor
 from execmesh.results.record import ExecutionDocument, ExecutionStatus
 from execmesh.results.store import InMemoryExecutionStore
-from execmesh.settings import PROJECT_ROOT, Settings
+from execmesh.settings import Settings
+from tests.support.cloudevents import binary_headers
+from tests.support.functions import load_function
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 SPEC = ExecutionSpec(language="bash", version="5", script="echo hi")
 LIMITS = Limits(timeout_seconds=10, memory_mb=128, cpu_millis=500, output_bytes=65536)
-
-
-def load_main() -> ModuleType:
-    path = PROJECT_ROOT / "functions" / "result_processor" / "main.py"
-    spec = importlib.util.spec_from_file_location("result_processor_main", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FlakyStore(InMemoryExecutionStore):
@@ -74,17 +65,13 @@ class Harness:
     def restart(self) -> None:
         processor = ResultProcessor(self.store, clock=lambda: T0)
         runtime = Runtime(Settings(), processor, InMemoryIdempotencyStore(), self.sender)
-        view = cloud_event_function("result-processor", load_main().on_event, runtime=runtime)
+        view = cloud_event_function(
+            "result-processor", load_function("result_processor").on_event, runtime=runtime
+        )
         self.client: flask.testing.FlaskClient = flask_app(view).test_client()
 
     def post(self, payload: Payload, event_id: str) -> flask.Response:
-        headers = {
-            "content-type": "application/json",
-            "ce-specversion": "1.0",
-            "ce-id": event_id,
-            "ce-source": "/test",
-            "ce-type": payload.TYPE,
-        }
+        headers = binary_headers(payload.TYPE, event_id, "/test")
         return self.client.post("/", headers=headers, data=json.dumps(payload.to_data()))
 
     def take(self) -> list[tuple[str, str]]:
@@ -177,13 +164,7 @@ def test_mongodb_down_is_a_503_and_the_retry_succeeds(harness: Harness) -> None:
 
 
 def test_a_malformed_event_is_refused_with_400(harness: Harness) -> None:
-    headers = {
-        "content-type": "application/json",
-        "ce-specversion": "1.0",
-        "ce-id": "m1",
-        "ce-source": "/test",
-        "ce-type": ExecutionCompleted.TYPE,
-    }
+    headers = binary_headers(ExecutionCompleted.TYPE, "m1", "/test")
     response = harness.client.post("/", headers=headers, data=json.dumps({"exit_code": 0}))
     assert response.status_code == 400
     assert harness.store.documents == {}
