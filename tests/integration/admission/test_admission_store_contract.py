@@ -21,6 +21,7 @@ from execmesh.admission import (
 )
 from execmesh.events import Priority
 from execmesh.settings import Settings
+from tests.support.redis_keys import redis_client
 
 NOW = 1_800_000_000_000
 LEASE_MS = 60_000
@@ -34,14 +35,8 @@ def memory_factory(prefix: str) -> Iterator[MakeStore]:
 
 
 def redis_factory(prefix: str) -> Iterator[MakeStore]:
-    client = redis.Redis.from_url(Settings.from_env().redis_url, socket_timeout=5.0)
-    try:
+    with redis_client(prefix) as client:
         yield lambda capacity=DEFAULT_CAPACITY: RedisAdmissionStore(client, capacity, prefix=prefix)
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture(

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
-import redis
 from coordinator_harness import LEASE_SECONDS, START, Harness, requested
 
 from execmesh.admission import AdmissionStore, Capacity, InMemoryAdmissionStore, RedisAdmissionStore
@@ -27,7 +26,7 @@ from execmesh.events import (
     Priority,
 )
 from execmesh.mesh import derive_event_id
-from execmesh.settings import Settings
+from tests.support.redis_keys import redis_client
 
 MakeHarness = Callable[..., Harness]
 SMALL = Capacity(max_per_user=2, max_global=3)
@@ -38,14 +37,8 @@ def memory_stores(prefix: str) -> Iterator[Callable[[Capacity], AdmissionStore]]
 
 
 def redis_stores(prefix: str) -> Iterator[Callable[[Capacity], AdmissionStore]]:
-    client = redis.Redis.from_url(Settings.from_env().redis_url, socket_timeout=5.0)
-    try:
+    with redis_client(prefix) as client:
         yield lambda capacity: RedisAdmissionStore(client, capacity, prefix=prefix)
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture(

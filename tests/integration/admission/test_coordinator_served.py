@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from coordinator_harness import MAIN, requested
 
 from execmesh.events import ExecutionCompleted, Payload
@@ -18,6 +17,7 @@ from tests.support.cloudevents import binary_headers
 from tests.support.functions import serving_function
 from tests.support.http_sink import serving_posts
 from tests.support.ports import free_port
+from tests.support.redis_keys import delete_keys, redis_client
 
 pytestmark = pytest.mark.services
 
@@ -28,12 +28,6 @@ REDIS_DB = 13
 def redis_url() -> str:
     base = Settings.from_env().redis_url.rsplit("/", 1)[0]
     return f"{base}/{REDIS_DB}"
-
-
-def forget_everything(client: redis.Redis) -> None:
-    keys = list(client.scan_iter("execmesh:*"))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture
@@ -50,8 +44,6 @@ def sink() -> Iterator[tuple[str, list[dict[str, str]]]]:
 
 @pytest.fixture
 def coordinator_url(sink: tuple[str, list[dict[str, str]]], tmp_path: Path) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_url(), socket_timeout=5.0)
-    forget_everything(client)
     env = {
         "K_SINK": sink[0],
         "REDIS_URL": redis_url(),
@@ -59,12 +51,10 @@ def coordinator_url(sink: tuple[str, list[dict[str, str]]], tmp_path: Path) -> I
         "EXECMESH_MAX_GLOBAL": "1",
     }
     log = tmp_path / "coordinator.log"
-    try:
+    with redis_client("execmesh", redis_url()) as client:
+        delete_keys(client, "execmesh:*")  # what an interrupted run left
         with serving_function("coordinator", MAIN, free_port(), env, log) as url:
             yield url
-    finally:
-        forget_everything(client)
-        client.close()
 
 
 def post(url: str, payload: Payload, event_id: str) -> int:

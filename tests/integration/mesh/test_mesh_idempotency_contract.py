@@ -12,6 +12,7 @@ import redis
 
 from execmesh.mesh import IdempotencyStore, InMemoryIdempotencyStore, RedisIdempotencyStore
 from execmesh.settings import Settings
+from tests.support.redis_keys import redis_client
 
 
 @pytest.fixture
@@ -24,14 +25,8 @@ def make_memory_store(prefix: str) -> Iterator[IdempotencyStore]:
 
 
 def make_redis_store(prefix: str) -> Iterator[IdempotencyStore]:
-    client = redis.Redis.from_url(Settings.from_env().redis_url, socket_timeout=2.0)
-    try:
+    with redis_client(prefix) as client:
         yield RedisIdempotencyStore(client)
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture(
