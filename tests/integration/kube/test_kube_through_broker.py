@@ -35,11 +35,11 @@ from execmesh.events import (
 )
 from execmesh.mongo import connect
 from execmesh.results.outputs import MongoOutputStore
-from execmesh.settings import PROJECT_ROOT, Settings
+from execmesh.settings import Settings
 from tests.support.cloudevents import binary_headers
-from tests.support.functions import function_main, functions_framework
-from tests.support.knative import forget_broker
-from tests.support.processes import BIN, running_process
+from tests.support.functions import function_main, serving_function
+from tests.support.knative import running_broker
+from tests.support.processes import running_process
 
 pytestmark = [pytest.mark.node, pytest.mark.services, needs_sandbox]
 
@@ -109,12 +109,8 @@ def mesh(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]
         "EXECMESH_POD_BACKEND": "local",
         "EXECMESH_LOCAL_CONFIG": str(local_config_for(node, tmp_path)),
     }
-    worker = functions_framework("k8s_worker", function_main("k8s_worker"), WORKER_PORT)
-    monitor = [sys.executable, str(PROJECT_ROOT / "functions" / "pod_monitor" / "main.py")]
-    broker_argv = [
-        *(str(BIN / "execmesh"), "broker", "--eventing-dir", str(eventing)),
-        *("--port", str(BROKER_PORT)),
-    ]
+    worker = function_main("k8s_worker")
+    monitor = [sys.executable, str(function_main("pod_monitor"))]
     with running_sink() as sink, running_sink() as dead_letters:
         (eventing / "kube.yaml").write_text(
             textwrap.dedent(MANIFESTS).format(
@@ -125,26 +121,12 @@ def mesh(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]
                 out=", ".join(f"{{exact: {{type: {t}}}}}" for t in OUT_TYPES),
             )
         )
-        try:
-            with (
-                running_process(
-                    worker,
-                    env,
-                    tmp_path / "k8s-worker.log",
-                    f"http://127.0.0.1:{WORKER_PORT}/health/readiness",
-                ),
-                running_process(monitor, env, tmp_path / "pod-monitor.log"),
-                running_process(
-                    broker_argv,
-                    env,
-                    tmp_path / "broker.log",
-                    f"http://127.0.0.1:{BROKER_PORT}/health/readiness",
-                ),
-            ):
-                yield Mesh(ingress, sink, dead_letters)
-        finally:
-            triggers = [f"{broker}-worker", f"{broker}-out"]
-            forget_broker(Settings.from_env(), "execmesh", broker, triggers)
+        with (
+            serving_function("k8s_worker", worker, WORKER_PORT, env, tmp_path / "k8s-worker.log"),
+            running_process(monitor, env, tmp_path / "pod-monitor.log"),
+            running_broker(eventing, BROKER_PORT, env, tmp_path / "broker.log"),
+        ):
+            yield Mesh(ingress, sink, dead_letters)
 
 
 def submit(mesh: Mesh, payload: Payload) -> None:

@@ -21,9 +21,8 @@ from execmesh.events import ExecutionCancelled, ExecutionCancelRequested
 from execmesh.mesh import derive_event_id
 from execmesh.settings import Settings
 from tests.support.cloudevents import binary_headers
-from tests.support.knative import forget_broker
+from tests.support.knative import running_broker
 from tests.support.ports import free_port
-from tests.support.processes import BIN, running_process
 
 from .serving import Sink, running_function, running_sink
 
@@ -88,20 +87,11 @@ def module_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             )
         )
         function_env = {"K_SINK": ingress, "REDIS_URL": settings.redis_url}
-        broker_command = [
-            str(BIN / "execmesh"),
-            *("broker", "--eventing-dir", str(eventing), "--port", str(broker_port)),
-        ]
-        broker_ready = f"http://127.0.0.1:{broker_port}/health/readiness"
-        try:
-            with (
-                running_function("echo", tmp_path, function_env, port=function_port),
-                running_process(broker_command, {}, tmp_path / "broker.log", broker_ready),
-            ):
-                yield Mesh(ingress, sink, dead_letters)
-        finally:
-            triggers = [f"{broker}-echo", f"{broker}-out"]
-            forget_broker(settings, NAMESPACE, broker, triggers)
+        with (
+            running_function("echo", tmp_path, function_env, port=function_port),
+            running_broker(eventing, broker_port, {}, tmp_path / "broker.log"),
+        ):
+            yield Mesh(ingress, sink, dead_letters)
 
 
 @pytest.fixture
