@@ -10,8 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +25,7 @@ from execmesh.events import ExecutionSpec, Limits, PodCreateRequested
 from execmesh.kube.client import KubeClients, clients_for_url
 from execmesh.settings import PROJECT_ROOT
 from tests.support.http_sink import serving_posts
-from tests.support.processes import stop_process, wait_until_ready
+from tests.support.node import LocalNode
 
 NAMESPACE = "execmesh"
 
@@ -37,35 +35,7 @@ needs_sandbox = pytest.mark.skipif(
 )
 
 
-@dataclass
-class Node:
-    port: int
-    data_dir: Path
-    watch_history: int = 200
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log_path = self.data_dir.parent / f"node-{self.port}.log"
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "execmesh.cli", "node", "--port", str(self.port)),
-                *("--data-dir", str(self.data_dir), "--watch-history", str(self.watch_history)),
-            ],
-            stdout=log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-        )
-        wait_until_ready(f"{self.url}/healthz", self.process, log_path, timeout=20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_process(self.process)
-        self.process = None
-
+class Node(LocalNode):
     def clients(self) -> KubeClients:
         return clients_for_url(self.url, NAMESPACE)
 
@@ -73,7 +43,8 @@ class Node:
 def start_node(
     port: int, tmp_path_factory: pytest.TempPathFactory, watch_history: int = 200
 ) -> Iterator[Node]:
-    node = Node(port, tmp_path_factory.mktemp(f"node-{port}") / "data", watch_history)
+    data_dir = tmp_path_factory.mktemp(f"node-{port}") / "data"
+    node = Node(data_dir, ("--watch-history", str(watch_history)), port)
     node.start()
     try:
         yield node

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +14,7 @@ import pytest
 from kubernetes import client, watch
 
 from execmesh.pods.runtimes import available
-from tests.support.ports import free_port
-from tests.support.processes import stop_process, wait_until_ready
+from tests.support.node import LocalNode
 
 NAMESPACE = "execmesh-test"
 
@@ -29,34 +24,7 @@ needs_sandbox = pytest.mark.skipif(
 )
 
 
-@dataclass
-class Node:
-    data_dir: Path
-    extra_args: tuple[str, ...] = ()
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log_path = self.data_dir.parent / f"node-{self.port}.log"
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "execmesh.node.main", "--port", str(self.port)),
-                *("--data-dir", str(self.data_dir), *self.extra_args),
-            ],
-            stdout=log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_until_ready(f"{self.url}/healthz", self.process, log_path, timeout=20)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_process(self.process, sig)
-        self.process = None
-
+class Node(LocalNode):
     def core(self) -> client.CoreV1Api:
         configuration = client.Configuration(host=self.url)
         return client.CoreV1Api(client.ApiClient(configuration))
