@@ -16,6 +16,7 @@ from execmesh.events import (
     PodRunning,
 )
 from execmesh.kube.mapping import map_pod, read_pod, stream_output, with_refs
+from tests.support.pod_report import summary
 
 EXECUTION_ID = "e-123"
 UID = "7d4f6a1e-0000-4000-8000-000000000001"
@@ -63,24 +64,6 @@ def a_pod(
         },
         "status": status,
     }
-
-
-def summary(**overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "v": 1,
-        "exit_code": 0,
-        "signal": None,
-        "timed_out": False,
-        "build_failed": False,
-        "wall_ms": 12,
-        "cpu_ms": 9,
-        "peak_memory_bytes": 4096,
-        "stdout_bytes": 0,
-        "stderr_bytes": 0,
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-    }
-    return json.dumps({**fields, **overrides})
 
 
 def framed(stdout: bytes = b"", stderr: bytes = b"", truncated: bool = False) -> bytes:

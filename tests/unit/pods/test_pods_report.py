@@ -14,24 +14,12 @@ from execmesh.pods.report import (
     PodReport,
     parse_pod_report,
 )
+from tests.support.pod_report import summary as report_summary
 
 
 def summary(**changes: Any) -> str:
-    fields: dict[str, Any] = {
-        "v": 1,
-        "exit_code": 0,
-        "signal": None,
-        "timed_out": False,
-        "build_failed": False,
-        "wall_ms": 12,
-        "cpu_ms": 9,
-        "peak_memory_bytes": 4096,
-        "stdout_bytes": 3,
-        "stderr_bytes": 0,
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-    }
-    return json.dumps({**fields, **changes})
+    # Three bytes of stdout by default: what ``framed`` frames.
+    return report_summary(**{"stdout_bytes": 3, **changes})
 
 
 def framed(stdout: bytes = b"hi\n", stderr: bytes = b"", flags: tuple[int, int] = (0, 0)) -> bytes:
