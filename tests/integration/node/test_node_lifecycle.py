@@ -14,7 +14,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
-from execmesh.pods.report import parse_pod_report
+from execmesh.pods.report import PodReport, parse_pod_report
 from execmesh.pods.runtimes import Runtime, available
 
 pytestmark = [pytest.mark.node, needs_sandbox]
@@ -45,6 +45,25 @@ PROGRAMS = {
 
 def runtimes() -> list[Runtime]:
     return [r for r in available("local") if r.language in PROGRAMS]
+
+
+def python_runtime() -> Runtime:
+    python = next((r for r in runtimes() if r.language == "python"), None)
+    if python is None:
+        pytest.skip("no python here")
+    return python
+
+
+def run_to_the_end(
+    core: client.CoreV1Api, spec: ExecutionSpec, timeout: float
+) -> tuple[client.V1Pod, PodReport]:
+    """The execution's pod, run through the entry point until it ends, and its report."""
+    core.create_namespaced_config_map(NAMESPACE, build_configmap(spec, NAMESPACE))
+    pod_body = build_pod(spec, NAMESPACE)
+    core.create_namespaced_pod(NAMESPACE, pod_body)
+    pod = wait_terminal(core, pod_body["metadata"]["name"], timeout=timeout)
+    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, _preload_content=False).data
+    return pod, parse_pod_report(terminated(pod).message, log)
 
 
 def limits_for(runtime: Runtime) -> Limits:
@@ -103,22 +122,14 @@ def test_an_execution_runs_to_completion_and_reports_through_the_client(
 def test_output_past_the_entry_points_cap_is_flagged_in_the_report(
     core: client.CoreV1Api,
 ) -> None:
-    python = next((r for r in runtimes() if r.language == "python"), None)
-    if python is None:
-        pytest.skip("no python here")
     spec = ExecutionSpec(
         execution_id=unique("flood"),
-        runtime=python,
+        runtime=python_runtime(),
         script="import sys\nsys.stdout.buffer.write(b'\\xff' * 100 * 1024 * 1024)\n",
         limits=Limits(output_bytes=1 * MiB, timeout_seconds=60),
     )
-    core.create_namespaced_config_map(NAMESPACE, build_configmap(spec, NAMESPACE))
-    pod_body = build_pod(spec, NAMESPACE)
-    core.create_namespaced_pod(NAMESPACE, pod_body)
     started = time.monotonic()
-    pod = wait_terminal(core, pod_body["metadata"]["name"], timeout=90)
-    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, _preload_content=False).data
-    report = parse_pod_report(terminated(pod).message, log)
+    _, report = run_to_the_end(core, spec, timeout=90)
     assert report.stdout == b"\xff" * MiB
     assert report.stdout_truncated
     assert time.monotonic() - started < 60
@@ -127,22 +138,14 @@ def test_output_past_the_entry_points_cap_is_flagged_in_the_report(
 def test_a_memory_bomb_through_the_entry_point_is_oom_killed_and_still_reported(
     core: client.CoreV1Api,
 ) -> None:
-    python = next((r for r in runtimes() if r.language == "python"), None)
-    if python is None:
-        pytest.skip("no python here")
     spec = ExecutionSpec(
         execution_id=unique("oom"),
-        runtime=python,
+        runtime=python_runtime(),
         script="x = bytearray(1024 * 1024 * 1024)\n",
         limits=Limits(memory_bytes=64 * MiB, tmp_bytes=8 * MiB, timeout_seconds=20),
     )
-    core.create_namespaced_config_map(NAMESPACE, build_configmap(spec, NAMESPACE))
-    pod_body = build_pod(spec, NAMESPACE)
-    core.create_namespaced_pod(NAMESPACE, pod_body)
-    pod = wait_terminal(core, pod_body["metadata"]["name"], timeout=60)
+    pod, report = run_to_the_end(core, spec, timeout=60)
     state = terminated(pod)
     assert (pod.status.phase, state.reason, state.exit_code) == ("Failed", "OOMKilled", 137)
-    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, _preload_content=False).data
-    report = parse_pod_report(state.message, log)
     assert (report.exit_code, report.signal) == (137, 9)
     assert report.peak_memory_bytes is not None and report.peak_memory_bytes <= 64 * MiB
