@@ -128,11 +128,13 @@ def new_kafka_cluster_id() -> str:
             return encoded
 
 
-def java_command(layout: Layout, main_class: str, *args: str) -> tuple[str, ...]:
+def java_command(
+    layout: Layout, main_class: str, *args: str, max_heap: str = "1g"
+) -> tuple[str, ...]:
     return (
         "java",
         "-Xms256m",
-        "-Xmx1g",
+        f"-Xmx{max_heap}",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
         "-Djava.awt.headless=true",

@@ -165,6 +165,7 @@ class BrokerProcess:
     triggers: list[dict[str, Any]]
     delivery: dict[str, Any] | None = None
     services: dict[str, int] = field(default_factory=dict)
+    bootstrap: str = field(default_factory=lambda: Settings.from_env().kafka_bootstrap_servers)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -200,7 +201,7 @@ class BrokerProcess:
         self.write_manifests()
         self.starts += 1
         log = (self.directory / f"broker-{self.starts}.log").open("wb")
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": Settings.from_env().kafka_bootstrap_servers}
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
         self.process = subprocess.Popen(
             [
                 sys.executable,
