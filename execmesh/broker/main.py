@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -28,13 +29,9 @@ from kafka.errors import KafkaError
 from execmesh.broker.dispatcher import AiohttpSender, Route, TriggerDispatcher
 from execmesh.broker.ingress import build_app
 from execmesh.broker.ingress_process import IngressProcesses
-from execmesh.broker.kafka_io import (
-    DEFAULT_PARTITIONS,
-    KafkaEventLog,
-    TriggerConsumer,
-    ensure_topic,
-)
+from execmesh.broker.kafka_io import DEFAULT_PARTITIONS, KafkaEventLog, ensure_topic
 from execmesh.broker.manifests import Eventing, load_eventing
+from execmesh.broker.readers import TopicReader, TriggerCursor
 from execmesh.broker.resolve import DestinationError, resolve
 from execmesh.errors import ConfigError, TransientError
 from execmesh.settings import LocalConfig, Settings
@@ -87,18 +84,7 @@ async def serve(options: BrokerOptions) -> None:
     event_log = await asyncio.to_thread(KafkaEventLog, options.bootstrap)
     sender = AiohttpSender()
     loop = asyncio.get_running_loop()
-    pairs = [
-        _wire(
-            options,
-            route,
-            eventing.broker_of(trigger).topic,
-            trigger.consumer_group,
-            sender,
-            event_log,
-            loop,
-        )
-        for trigger, route in zip(eventing.triggers, trigger_routes, strict=True)
-    ]
+    dispatchers, readers = _wire(options, trigger_routes, sender, event_log, loop)
     topics = {broker.path: broker.topic for broker in eventing.brokers}
     stopping = asyncio.Event()
     server = uvicorn.Server(
@@ -122,25 +108,25 @@ async def serve(options: BrokerOptions) -> None:
             # take traffic only once told to. In this thread, which lives as long as the
             # process: the children die with the thread that started them.
             ingress.start()
-        await asyncio.gather(*(asyncio.to_thread(c.start) for _, c in pairs))
+        await asyncio.gather(*(asyncio.to_thread(reader.start) for reader in readers))
         if options.ingress_processes == 0:
-            _ready(options, len(pairs))
+            _ready(options, len(dispatchers))
             await server.serve()
             return
         await asyncio.to_thread(ingress.serve)
-        _ready(options, len(pairs))
+        _ready(options, len(dispatchers))
         while not stopping.is_set():
             code = ingress.exited()
             if code is not None:
                 raise TransientError(f"an ingress process exited with status {code}")
-            for _, consumer in pairs:
-                if not consumer.alive:
-                    raise TransientError(f"the consumer of {consumer.group} stopped")
+            for reader in readers:
+                if not reader.alive:
+                    raise TransientError(f"a reader of {reader.topic} stopped")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 0.5)
     finally:
         await asyncio.to_thread(ingress.stop)
-        await _stop(pairs)
+        await _stop(dispatchers, readers)
         await sender.aclose()
         await asyncio.to_thread(event_log.close)
 
@@ -169,36 +155,40 @@ def _stop_on_signals(
 
 def _wire(
     options: BrokerOptions,
-    route: Route,
-    topic: str,
-    group: str,
+    trigger_routes: list[Route],
     sender: AiohttpSender,
     event_log: KafkaEventLog,
     loop: asyncio.AbstractEventLoop,
-) -> tuple[TriggerDispatcher, TriggerConsumer]:
-    consumer: TriggerConsumer
+) -> tuple[list[TriggerDispatcher], list[TopicReader]]:
+    """A dispatcher and a cursor per trigger; one reader per broker topic for its cursors."""
+    eventing = options.eventing
+    dispatchers: list[TriggerDispatcher] = []
+    cursors: dict[str, list[TriggerCursor]] = {}
+    for trigger, route in zip(eventing.triggers, trigger_routes, strict=True):
+        topic = eventing.broker_of(trigger).topic
+        cursor = TriggerCursor(
+            options.bootstrap, topic, trigger.consumer_group, loop, options.max_pending
+        )
+        dispatcher = TriggerDispatcher(route, sender, event_log, cursor.finished)
+        cursor.connect(dispatcher.submit_batch, _in_flight(dispatcher))
+        dispatchers.append(dispatcher)
+        cursors.setdefault(topic, []).append(cursor)
+    readers = [
+        TopicReader(topic, topic_cursors, bootstrap=options.bootstrap)
+        for topic, topic_cursors in cursors.items()
+    ]
+    return dispatchers, readers
 
-    def finished(partition: int, offset: int) -> None:
-        consumer.finished(partition, offset)
 
-    dispatcher = TriggerDispatcher(route, sender, event_log, finished)
-    consumer = TriggerConsumer(
-        options.bootstrap,
-        topic,
-        group,
-        loop,
-        dispatcher.submit_batch,
-        lambda: dispatcher.in_flight,
-        max_pending=options.max_pending,
-    )
-    return dispatcher, consumer
+def _in_flight(dispatcher: TriggerDispatcher) -> Callable[[], int]:
+    return lambda: dispatcher.in_flight
 
 
-async def _stop(pairs: list[tuple[TriggerDispatcher, TriggerConsumer]]) -> None:
-    for _, consumer in pairs:
-        consumer.stop_polling()
-    await asyncio.gather(*(dispatcher.drain(DRAIN_GRACE) for dispatcher, _ in pairs))
-    await asyncio.gather(*(asyncio.to_thread(consumer.close) for _, consumer in pairs))
+async def _stop(dispatchers: list[TriggerDispatcher], readers: list[TopicReader]) -> None:
+    for reader in readers:
+        reader.stop_polling()
+    await asyncio.gather(*(dispatcher.drain(DRAIN_GRACE) for dispatcher in dispatchers))
+    await asyncio.gather(*(asyncio.to_thread(reader.close) for reader in readers))
 
 
 def main(argv: list[str]) -> int:

@@ -28,6 +28,11 @@ class OffsetTracker:
             self._finished.discard(self._pending.popleft())
 
     @property
+    def next_offset(self) -> int:
+        """The offset after the last one handed out."""
+        return self._next
+
+    @property
     def in_flight(self) -> int:
         return len(self._pending)
 
