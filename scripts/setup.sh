@@ -5,7 +5,8 @@
 #   - the Python virtual environment in .venv, with the project and its dev tools;
 #   - Redis, from Debian's packages;
 #   - Apache Kafka 4.x (KRaft), its jars resolved by Maven from scripts/services/pom.xml;
-#   - FerretDB 1.24.2, built from its Go module with a SQLite backend.
+#   - FerretDB 1.24.2, built from its Go module with a SQLite backend, patched so that lookups
+#     by _id use the _id index (scripts/patches/).
 #
 # A service whose URL is set in the environment (REDIS_URL, KAFKA_BOOTSTRAP_SERVERS,
 # MONGODB_URL) to anything but the local default is external: nothing is installed for it
@@ -18,6 +19,8 @@ DATA=${EXECMESH_DATA_DIR:-$ROOT/.local}
 VENV=$ROOT/.venv
 PYTHON=${PYTHON:-python3.11}
 FERRETDB_VERSION=v1.24.2
+# What the built binary reports: the version plus our patch level (a new patch, a new build).
+FERRETDB_BUILD=$FERRETDB_VERSION-execmesh.1
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -102,11 +105,11 @@ setup_kafka() {
 
 setup_ferretdb() {
   local bin=$DATA/bin/ferretdb
-  if [ -x "$bin" ] && [[ $("$bin" --version 2>/dev/null) == *"version: $FERRETDB_VERSION"* ]]; then
+  if [ -x "$bin" ] && [[ $("$bin" --version 2>/dev/null) == *"version: $FERRETDB_BUILD"* ]]; then
     return 0
   fi
   command -v go >/dev/null || die "Go is needed to build FerretDB (go.dev toolchain, 1.22 or newer)"
-  say "building FerretDB $FERRETDB_VERSION into $bin"
+  say "building FerretDB $FERRETDB_BUILD into $bin"
   # `go install ...@v1.24.2` builds a binary that panics at start: the module zip lacks the
   # generated build/version/version.txt. Build a copy of the same module with that file.
   local module src=$DATA/src/ferretdb
@@ -120,7 +123,9 @@ setup_ferretdb() {
   mkdir -p "$src"
   cp -r "$module/." "$src"
   chmod -R u+w "$src"
-  echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
+  echo "$FERRETDB_BUILD" >"$src/build/version/version.txt"
+  patch --quiet -p1 -d "$src" <"$ROOT/scripts/patches/ferretdb-sqlite-id-lookups.patch" \
+    || die "could not apply scripts/patches/ferretdb-sqlite-id-lookups.patch to FerretDB"
   mkdir -p "$DATA/bin"
   quietly ferretdb go -C "$src" build -trimpath -o "$bin" ./cmd/ferretdb
   rm -rf "$DATA/src"
