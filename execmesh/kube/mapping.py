@@ -171,14 +171,25 @@ def map_pod(
     cause = f"pod/{state.uid}"
     if not state.finished:
         if state.phase is Phase.RUNNING and state.container.running:
-            running = PodRunning(
-                execution_id=state.execution_id,
-                pod_name=state.name,
-                started_at=state.container.started_at,
-            )
-            return [PodEvent(running, cause)]
+            return [_running(state, cause)]
         return []
     return [_terminal(state, log or b"", inline_limit, cause)]
+
+
+def map_unannounced_pod(pod: PodState, log: bytes | None = None) -> list[PodEvent]:
+    """The events of a pod first seen finished: that it ran, if its container started (a
+    program done before the pod was ever seen running still has a start time), then its end."""
+    ran = [_running(pod, f"pod/{pod.uid}")] if pod.container.started_at is not None else []
+    return ran + map_pod(pod, log)
+
+
+def _running(state: PodState, cause: str) -> PodEvent:
+    running = PodRunning(
+        execution_id=state.execution_id,
+        pod_name=state.name,
+        started_at=state.container.started_at,
+    )
+    return PodEvent(running, cause)
 
 
 def with_refs(payload: Payload, refs: Mapping[str, str]) -> Payload:
@@ -343,6 +354,7 @@ def _container_state(statuses: list[Mapping[str, Any]]) -> ContainerState:
     if (terminated := state.get("terminated")) is not None:
         return ContainerState(
             terminated=True,
+            started_at=_time_or_none(terminated.get("startedAt")),
             exit_code=terminated.get("exitCode"),
             signal=terminated.get("signal"),
             reason=terminated.get("reason"),

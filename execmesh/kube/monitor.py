@@ -34,7 +34,14 @@ from execmesh.kube.client import (
     status_of,
     translate,
 )
-from execmesh.kube.mapping import PodEvent, PodState, map_pod, read_pod, with_refs
+from execmesh.kube.mapping import (
+    PodEvent,
+    PodState,
+    map_pod,
+    map_unannounced_pod,
+    read_pod,
+    with_refs,
+)
 from execmesh.mesh.sender import Emitter
 from execmesh.mongo import connect
 from execmesh.pods.manifest import EXECUTOR_SELECTOR
@@ -215,7 +222,9 @@ class PodMonitor:
         if pod_log is None:
             log.warning("pod %s vanished before its log was read", state.name)
         else:
-            self._emit_all(map_pod(state, pod_log), state)
+            announced = state.uid in self._announced
+            events = map_pod(state, pod_log) if announced else map_unannounced_pod(state, pod_log)
+            self._emit_all(events, state)
             self._delete(state)
         self._finished.add(state.uid)
 

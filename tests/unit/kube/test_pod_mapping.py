@@ -15,7 +15,13 @@ from execmesh.events import (
     FailureType,
     PodRunning,
 )
-from execmesh.kube.mapping import map_pod, read_pod, stream_output, with_refs
+from execmesh.kube.mapping import (
+    map_pod,
+    map_unannounced_pod,
+    read_pod,
+    stream_output,
+    with_refs,
+)
 from tests.support.pod_report import summary
 
 EXECUTION_ID = "e-123"
@@ -104,6 +110,30 @@ def finished(
         state=terminated(container_reason, exit_code, message),
     )
     return pod, framed(stdout, stderr, truncated=report.get("stdout_truncated", False))
+
+
+def test_a_pod_first_seen_finished_still_says_when_it_started_before_how_it_ended() -> None:
+    pod, log = finished(stdout=b"1\n")
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"] = (
+        "2026-11-28T01:02:03Z"
+    )
+
+    running, completed = map_unannounced_pod(read_pod(pod), log)
+
+    assert running.payload == PodRunning(
+        execution_id=EXECUTION_ID,
+        pod_name=f"exec-{EXECUTION_ID}",
+        started_at=datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC),
+    )
+    assert isinstance(completed.payload, ExecutionCompleted)
+
+
+def test_a_pod_that_ended_without_starting_says_only_how_it_ended() -> None:
+    pod, log = finished()
+
+    [failed] = map_unannounced_pod(read_pod(pod), log)
+
+    assert failed == map_pod(pod, log)[0]
 
 
 def test_a_pending_pod_stands_for_nothing_yet() -> None:
