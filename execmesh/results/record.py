@@ -233,7 +233,8 @@ def _announce(execution_id: str, result: ExecutionResult) -> tuple[Payload, ...]
     if result.status is TerminalStatus.REJECTED:
         return (stored,)
     reason = f"cleanup after {result.status.value}"
-    return (PodDeleteRequested(execution_id=execution_id, reason=reason), stored)
+    # Emitted one after the other: what the client waits for first, the clean-up after it.
+    return (stored, PodDeleteRequested(execution_id=execution_id, reason=reason))
 
 
 def _result(event: IncomingEvent) -> ExecutionResult:

@@ -131,10 +131,10 @@ def test_the_queue_position_follows_the_queue() -> None:
 @pytest.mark.parametrize(
     "payload,status,emitted",
     [
-        (COMPLETED, TerminalStatus.COMPLETED, [PodDeleteRequested, ResultStored]),
-        (FAILED, TerminalStatus.FAILED, [PodDeleteRequested, ResultStored]),
-        (TIMED_OUT, TerminalStatus.TIMED_OUT, [PodDeleteRequested, ResultStored]),
-        (CANCELLED, TerminalStatus.CANCELLED, [PodDeleteRequested, ResultStored]),
+        (COMPLETED, TerminalStatus.COMPLETED, [ResultStored, PodDeleteRequested]),
+        (FAILED, TerminalStatus.FAILED, [ResultStored, PodDeleteRequested]),
+        (TIMED_OUT, TerminalStatus.TIMED_OUT, [ResultStored, PodDeleteRequested]),
+        (CANCELLED, TerminalStatus.CANCELLED, [ResultStored, PodDeleteRequested]),
         (REJECTED, TerminalStatus.REJECTED, [ResultStored]),
     ],
 )
@@ -150,7 +150,7 @@ def test_the_first_terminal_event_becomes_the_result_and_is_announced(
     assert document.status.value == status.value
     assert document.finished_at == T0 + timedelta(minutes=1)
     assert types(projection.emitted) == emitted
-    assert projection.emitted[-1] == ResultStored(execution_id=EXEC, status=status)
+    assert projection.emitted[0] == ResultStored(execution_id=EXEC, status=status)
 
 
 def test_the_result_keeps_what_the_event_reported() -> None:

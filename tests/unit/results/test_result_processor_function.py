@@ -115,14 +115,14 @@ def test_lifecycle_events_only_move_the_status_and_emit_nothing(harness: Harness
     assert document is not None and document.status is ExecutionStatus.RUNNING
 
 
-def test_the_result_is_stored_then_cleanup_asked_and_result_stored_announced(
+def test_the_result_is_stored_then_announced_then_cleanup_asked(
     harness: Harness,
 ) -> None:
     run_to_the_end(harness)
     stdout = StreamOutput(size=1 << 20, ref="e1/stdout")
     response = harness.post(ExecutionCompleted(execution_id="e1", exit_code=7, stdout=stdout), "t1")
     assert (response.status_code, response.data) == (202, b"")
-    assert harness.take() == [("pod.delete_requested", ""), ("result.stored", "completed")]
+    assert harness.take() == [("result.stored", "completed"), ("pod.delete_requested", "")]
     document = harness.store.get("e1")
     assert document is not None and document.result is not None
     assert (document.result.exit_code, document.result.stdout) == (7, stdout)
@@ -160,7 +160,7 @@ def test_mongodb_down_is_a_503_and_the_retry_succeeds(harness: Harness) -> None:
     assert harness.sender.sent == []
     harness.store.down = False
     assert harness.post(ExecutionCompleted(execution_id="e1", exit_code=0), "t1").status_code == 202
-    assert harness.take() == [("pod.delete_requested", ""), ("result.stored", "completed")]
+    assert harness.take() == [("result.stored", "completed"), ("pod.delete_requested", "")]
 
 
 def test_a_malformed_event_is_refused_with_400(harness: Harness) -> None:
