@@ -193,6 +193,9 @@ class ExecutionCompleted(ExecutionPayload):
     stdout: StreamOutput = StreamOutput()
     stderr: StreamOutput = StreamOutput()
     usage: ResourceUsage = ResourceUsage()
+    # When the program started, as the pod says: a pod seen only once it ended has no
+    # pod.running, and the result still needs its start.
+    started_at: datetime | None = None
 
 
 class ExecutionFailed(ExecutionPayload):
@@ -204,6 +207,9 @@ class ExecutionFailed(ExecutionPayload):
     stdout: StreamOutput = StreamOutput()
     stderr: StreamOutput = StreamOutput()
     usage: ResourceUsage = ResourceUsage()
+    # When the program started, as the pod says: a pod seen only once it ended has no
+    # pod.running, and the result still needs its start.
+    started_at: datetime | None = None
 
 
 class ExecutionTimedOut(ExecutionPayload):
@@ -212,6 +218,9 @@ class ExecutionTimedOut(ExecutionPayload):
     stdout: StreamOutput = StreamOutput()
     stderr: StreamOutput = StreamOutput()
     usage: ResourceUsage = ResourceUsage()
+    # When the program started, as the pod says: a pod seen only once it ended has no
+    # pod.running, and the result still needs its start.
+    started_at: datetime | None = None
 
 
 class ResultStored(ExecutionPayload):

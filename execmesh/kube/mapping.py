@@ -176,13 +176,6 @@ def map_pod(
     return [_terminal(state, log or b"", inline_limit, cause)]
 
 
-def map_unannounced_pod(pod: PodState, log: bytes | None = None) -> list[PodEvent]:
-    """The events of a pod first seen finished: that it ran, if its container started (a
-    program done before the pod was ever seen running still has a start time), then its end."""
-    ran = [_running(pod, f"pod/{pod.uid}")] if pod.container.started_at is not None else []
-    return ran + map_pod(pod, log)
-
-
 def _running(state: PodState, cause: str) -> PodEvent:
     running = PodRunning(
         execution_id=state.execution_id,
@@ -241,6 +234,7 @@ def _terminal(state: PodState, log: bytes, inline_limit: int, cause: str) -> Pod
             stdout=result.stdout,
             stderr=result.stderr,
             usage=result.usage,
+            started_at=container.started_at,
         )
         return PodEvent(timed_out, cause, result.spilled)
     if state.reason == "Evicted":
@@ -259,6 +253,7 @@ def _terminal(state: PodState, log: bytes, inline_limit: int, cause: str) -> Pod
         stdout=result.stdout,
         stderr=result.stderr,
         usage=result.usage,
+        started_at=container.started_at,
     )
     return PodEvent(completed, cause, result.spilled)
 
@@ -273,6 +268,7 @@ def _failed(
         stdout=result.stdout,
         stderr=result.stderr,
         usage=result.usage,
+        started_at=state.container.started_at,
     )
     return PodEvent(failed, cause, result.spilled)
 

@@ -38,7 +38,6 @@ from execmesh.kube.mapping import (
     PodEvent,
     PodState,
     map_pod,
-    map_unannounced_pod,
     read_pod,
     with_refs,
 )
@@ -222,9 +221,7 @@ class PodMonitor:
         if pod_log is None:
             log.warning("pod %s vanished before its log was read", state.name)
         else:
-            announced = state.uid in self._announced
-            events = map_pod(state, pod_log) if announced else map_unannounced_pod(state, pod_log)
-            self._emit_all(events, state)
+            self._emit_all(map_pod(state, pod_log), state)
             self._delete(state)
         self._finished.add(state.uid)
 

@@ -203,6 +203,9 @@ def _terminal(
     if winner is None:
         facts: dict[str, Any] = {"status": ExecutionStatus(result.status.value)}
         facts["finished_at"] = event.time or now
+        started_at = getattr(event.payload, "started_at", None)
+        if document.started_at is None and started_at is not None:
+            facts["started_at"] = started_at
         if isinstance(event.payload, ExecutionRejected) and document.user_id is None:
             facts["user_id"] = event.payload.user_id
         finished = document.model_copy(update={**facts, "result": result})

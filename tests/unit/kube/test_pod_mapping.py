@@ -15,13 +15,7 @@ from execmesh.events import (
     FailureType,
     PodRunning,
 )
-from execmesh.kube.mapping import (
-    map_pod,
-    map_unannounced_pod,
-    read_pod,
-    stream_output,
-    with_refs,
-)
+from execmesh.kube.mapping import map_pod, read_pod, stream_output, with_refs
 from tests.support.pod_report import summary
 
 EXECUTION_ID = "e-123"
@@ -112,28 +106,22 @@ def finished(
     return pod, framed(stdout, stderr, truncated=report.get("stdout_truncated", False))
 
 
-def test_a_pod_first_seen_finished_still_says_when_it_started_before_how_it_ended() -> None:
+def test_a_finished_pod_says_when_its_program_started_in_its_terminal_event() -> None:
     pod, log = finished(stdout=b"1\n")
     pod["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"] = (
         "2026-11-28T01:02:03Z"
     )
 
-    running, completed = map_unannounced_pod(read_pod(pod), log)
+    [completed] = map_pod(pod, log)
 
-    assert running.payload == PodRunning(
-        execution_id=EXECUTION_ID,
-        pod_name=f"exec-{EXECUTION_ID}",
-        started_at=datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC),
-    )
     assert isinstance(completed.payload, ExecutionCompleted)
+    assert completed.payload.started_at == datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)
 
 
-def test_a_pod_that_ended_without_starting_says_only_how_it_ended() -> None:
-    pod, log = finished()
+def test_a_pod_that_never_started_has_no_start_time() -> None:
+    [event] = map_pod(finished()[0], finished()[1])
 
-    [failed] = map_unannounced_pod(read_pod(pod), log)
-
-    assert failed == map_pod(pod, log)[0]
+    assert event.payload.started_at is None  # type: ignore[union-attr]
 
 
 def test_a_pending_pod_stands_for_nothing_yet() -> None:

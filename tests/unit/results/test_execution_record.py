@@ -239,3 +239,20 @@ def test_the_stored_form_reads_back_equal() -> None:
     stored = {"_id": EXEC, "version": 0, **document.to_document()}
     assert ExecutionDocument.from_document(stored) == document
     assert isinstance(stored["updated_at"], datetime)
+
+
+def test_a_result_seen_without_pod_running_takes_its_start_time_from_the_terminal_event() -> None:
+    started = T0 + timedelta(milliseconds=5)
+    completed = COMPLETED.model_copy(update={"started_at": started})
+
+    document = apply(REQUESTED, ACCEPTED, completed).document
+
+    assert document is not None and document.started_at == started
+
+
+def test_the_start_time_pod_running_reported_is_kept_over_the_terminal_events() -> None:
+    completed = COMPLETED.model_copy(update={"started_at": T0 + timedelta(hours=1)})
+
+    document = apply(REQUESTED, ACCEPTED, RUNNING, completed).document
+
+    assert document is not None and document.started_at == T0
