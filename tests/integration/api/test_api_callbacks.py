@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -15,43 +14,31 @@ from execmesh.events import TerminalStatus
 from execmesh.results import ExecutionDocument, ExecutionResult, ExecutionStatus
 from tests.integration.api.conftest import Api
 from tests.integration.api.test_api_sse import deliver
+from tests.support.http_sink import serving_posts
 
 pytestmark = pytest.mark.services
 
 
-class Receiver(HTTPServer):
-    failures_left = 0
-    received: list[tuple[bytes, str]]
+@dataclass
+class Receiver:
+    """A callback receiver that answers 503 ``failures_left`` times, then takes the calls."""
 
+    failures_left: int = 0
+    received: list[tuple[bytes, str]] = field(default_factory=list)
 
-class Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if self.server.failures_left > 0:
-            self.server.failures_left -= 1
-            self.send_response(503)
-        else:
-            self.server.received.append((body, self.headers.get(SIGNATURE_HEADER, "")))
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def answer(self, headers: dict[str, str], body: bytes) -> int:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            return 503
+        self.received.append((body, headers.get(SIGNATURE_HEADER.lower(), "")))
+        return 204
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver(("127.0.0.1", 0), Handler)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    taker = Receiver()
+    with serving_posts(taker.answer, "/hook") as url:
+        yield taker, url
 
 
 def finished(api: Api, execution_id: str) -> None:
@@ -74,11 +61,11 @@ def finished(api: Api, execution_id: str) -> None:
 
 
 def test_the_end_of_an_execution_is_called_back_once_signed_after_retries(
-    api: Api, receiver: Receiver
+    api: Api, receiver: tuple[Receiver, str]
 ) -> None:
     api.gateway.callbacks.first_backoff = 0.05
-    receiver.failures_left = 2
-    url = f"http://127.0.0.1:{receiver.server_port}/hook"
+    taker, url = receiver
+    taker.failures_left = 2
     body = {"language": "python", "script": "print(1)", "callback_url": url}
     answer = api.client.post("/api/v1/executions", json=body, headers=api.auth(api.key("alice")))
     execution_id = answer.json()["id"]
@@ -86,9 +73,9 @@ def test_the_end_of_an_execution_is_called_back_once_signed_after_retries(
     for _ in range(2):  # a redelivery of the terminal event calls back no second time
         deliver(api, "io.execmesh.execution.completed", execution_id, {"exit_code": 0})
     deadline = time.monotonic() + 10
-    while not receiver.received and time.monotonic() < deadline:
+    while not taker.received and time.monotonic() < deadline:
         time.sleep(0.05)
-    [(content, signed)] = receiver.received
+    [(content, signed)] = taker.received
     assert b'"status":"completed"' in content and execution_id.encode() in content
     assert verify("s3cret", content, signed, now=int(time.time()))
     assert not verify("other", content, signed, now=int(time.time()))
