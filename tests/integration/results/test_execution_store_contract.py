@@ -86,7 +86,7 @@ def test_a_recorded_execution_reads_back_whole(store: ExecutionStore) -> None:
     deliver(store, PodRunning(execution_id="e1", pod_name="p", started_at=T0), "3")
     stdout = StreamOutput(data="\u00e9\n", size=3)
     emitted = deliver(store, ExecutionCompleted(execution_id="e1", exit_code=0, stdout=stdout), "4")
-    assert emitted[-1] == ResultStored(execution_id="e1", status="completed")
+    assert emitted[0] == ResultStored(execution_id="e1", status="completed")
     document = store.get("e1")
     assert document is not None and document.version == 4
     assert document.status is ExecutionStatus.COMPLETED

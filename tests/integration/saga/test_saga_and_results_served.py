@@ -194,8 +194,8 @@ def test_the_served_result_processor_stores_the_first_result(
     late = ExecutionCompleted(execution_id=execution_id, exit_code=5)
     assert post(url, late, f"late-{run}") == 202
     assert kinds(sink[1]) == [
-        ("pod.delete_requested", execution_id),
         ("result.stored", execution_id),
+        ("pod.delete_requested", execution_id),
     ]
     document = mongo_database["executions"].find_one({"_id": execution_id})
     assert document is not None
