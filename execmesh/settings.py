@@ -30,6 +30,8 @@ class Settings:
     eventing_dir: Path = PROJECT_ROOT / "eventing"
     local_config_path: Path = PROJECT_ROOT / "config" / "local.yaml"
     data_dir: Path = PROJECT_ROOT / ".local"
+    # The local node's privilege-dropping launcher, a build product of `make setup`.
+    podexec_path: Path = PROJECT_ROOT / ".local" / "bin" / "execmesh-podexec"
     kubeconfig: str = ""
     # Where pods run: "local" (the local node of config/local.yaml) or "cluster" (KUBECONFIG or
     # the in-cluster service account).
@@ -90,6 +92,7 @@ class Settings:
                 env.get("EXECMESH_LOCAL_CONFIG", str(defaults.local_config_path))
             ),
             data_dir=Path(env.get("EXECMESH_DATA_DIR", str(defaults.data_dir))),
+            podexec_path=Path(env.get("EXECMESH_PODEXEC", str(defaults.podexec_path))),
             kubeconfig=env.get("KUBECONFIG", ""),
             saga_grace_seconds=float(env.get("SAGA_GRACE_SECONDS", defaults.saga_grace_seconds)),
             saga_startup_seconds=float(

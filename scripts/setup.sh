@@ -3,6 +3,7 @@
 #
 #   - the Debian packages in scripts/apt-packages.txt (pod interpreters, bubblewrap, busybox);
 #   - the Python virtual environment in .venv, with the project and its dev tools;
+#   - execmesh-podexec, the local node's launcher, compiled from execmesh/node/podexec.c;
 #   - Redis, from Debian's packages;
 #   - Apache Kafka 4.x (KRaft), its jars resolved by Maven from scripts/services/pom.xml;
 #   - FerretDB 1.24.2, built from its Go module with a SQLite backend, patched so that lookups
@@ -131,8 +132,21 @@ setup_ferretdb() {
   rm -rf "$DATA/src"
 }
 
+setup_podexec() {  # the local node's privilege-dropping launcher, from its C source
+  local source=$ROOT/execmesh/node/podexec.c want
+  local bin=${EXECMESH_PODEXEC:-$ROOT/.local/bin/execmesh-podexec}
+  want=$(fingerprint "$source")
+  [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want" ] && return 0
+  say "building $bin"
+  mkdir -p "$(dirname "$bin")"
+  quietly podexec gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source"
+  mv "$bin.tmp" "$bin"
+  echo "$want" >"$bin.fingerprint"
+}
+
 setup_packages
 setup_python
+setup_podexec
 local_services=" $("$VENV/bin/python" -m execmesh.localservices local) "
 case $local_services in *" redis "*) setup_redis ;; esac
 case $local_services in *" kafka "*) setup_kafka ;; esac

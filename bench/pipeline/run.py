@@ -43,6 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from execmesh.events import ExecutionRequested, ExecutionSpec  # noqa: E402
+from execmesh.kube.client import call_unread  # noqa: E402
 from execmesh.mesh.sender import Emitter, HttpSender  # noqa: E402
 from execmesh.pods import manifest  # noqa: E402
 from execmesh.pods.report import parse_pod_report  # noqa: E402
@@ -196,10 +197,10 @@ class Bare:
         name = pod["metadata"]["name"]
         self.terminals.expect(name)
         started = time.perf_counter()
-        self.core.create_namespaced_config_map(
-            BARE_NAMESPACE, manifest.build_configmap(spec, BARE_NAMESPACE)
-        )
-        self.core.create_namespaced_pod(BARE_NAMESPACE, pod)
+        # As the k8s_worker calls: the created objects are not decoded.
+        configmap = manifest.build_configmap(spec, BARE_NAMESPACE)
+        call_unread(self.core.create_namespaced_config_map, BARE_NAMESPACE, configmap)
+        call_unread(self.core.create_namespaced_pod, BARE_NAMESPACE, pod)
         finished = self.terminals.wait(name)
         log = self.core.read_namespaced_pod_log(name, BARE_NAMESPACE, _preload_content=False)
         elapsed = time.perf_counter() - started
@@ -207,8 +208,8 @@ class Bare:
         report = parse_pod_report(state["message"], log.data)
         assert report.stdout == b"1\n", report
         # The pipeline deletes its pods too (not on the timed path): keep the node as tidy.
-        self.core.delete_namespaced_pod(name, BARE_NAMESPACE)
-        self.core.delete_namespaced_config_map(name, BARE_NAMESPACE)
+        call_unread(self.core.delete_namespaced_pod, name, BARE_NAMESPACE)
+        call_unread(self.core.delete_namespaced_config_map, name, BARE_NAMESPACE)
         return elapsed
 
 

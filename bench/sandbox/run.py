@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 from kubernetes import client, watch
 
+from execmesh.kube.client import call_unread
 from execmesh.node import cgroups
 from execmesh.node.hostfs import prepare_host, stage_pod
 from execmesh.node.netns import NetnsPool
@@ -40,6 +41,7 @@ from execmesh.node.sandbox import NodeLimits, bwrap_argv, launch_argv, launch_en
 from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
 from execmesh.pods.report import parse_pod_report
 from execmesh.pods.runtimes import available
+from execmesh.settings import Settings
 
 NAMESPACE = "bench"
 PYTHON = next(r for r in available("local") if r.language == "python")
@@ -148,7 +150,7 @@ def run_direct(
     name = f"p-{uuid.uuid4().hex[:10]}"
     terminals.expect(name)
     started = time.perf_counter()
-    core.create_namespaced_pod(NAMESPACE, direct_pod(name))
+    call_unread(core.create_namespaced_pod, NAMESPACE, direct_pod(name))
     created = time.perf_counter()
     pod = terminals.wait(name)
     ended = time.perf_counter()
@@ -173,8 +175,8 @@ def run_execution(core: client.CoreV1Api, terminals: Terminals) -> float:
     name = pod_body["metadata"]["name"]
     terminals.expect(name)
     started = time.perf_counter()
-    core.create_namespaced_config_map(NAMESPACE, build_configmap(spec, NAMESPACE))
-    core.create_namespaced_pod(NAMESPACE, pod_body)
+    call_unread(core.create_namespaced_config_map, NAMESPACE, build_configmap(spec, NAMESPACE))
+    call_unread(core.create_namespaced_pod, NAMESPACE, pod_body)
     pod = terminals.wait(name)
     log = core.read_namespaced_pod_log(name, NAMESPACE, _preload_content=False).data
     elapsed = time.perf_counter() - started
@@ -199,7 +201,7 @@ class Sandbox:
         pod["metadata"]["uid"] = "bench"
         self.spec = sandbox_spec(pod, {}, NodeLimits())
         self.scratch = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
-        self.layout = prepare_host(self.scratch / "etc")
+        self.layout = prepare_host(self.scratch / "etc", Settings.from_env().podexec_path)
         self.hierarchy = cgroups.Hierarchy("execmesh-bench")
         self.hierarchy.prepare()
         self.pool = NetnsPool()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -29,6 +30,17 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 RETRYABLE_STATUSES = frozenset({409, 429})
 # What one API call can raise: the server's answer, or no answer at all.
 API_ERRORS = (ApiException, HTTPError, OSError)
+
+
+def call_unread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Make an API call whose answer is not needed, without decoding it into models.
+
+    The client turns the object a create or delete returns into its models, which costs
+    more than the call itself; errors are raised just the same.
+    """
+    response = call(*args, _request_timeout=REQUEST_TIMEOUT, _preload_content=False, **kwargs)
+    response.drain_conn()
+    response.release_conn()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ from execmesh.events import (
     PodDeleteRequested,
 )
 from execmesh.events import Limits as RequestedLimits
-from execmesh.kube.client import API_ERRORS, REQUEST_TIMEOUT, ApiRefused, KubeClients, translate
+from execmesh.kube.client import (
+    API_ERRORS,
+    REQUEST_TIMEOUT,
+    ApiRefused,
+    KubeClients,
+    call_unread,
+    translate,
+)
 from execmesh.kube.mapping import MAX_MESSAGE_CHARS
 from execmesh.pods import manifest, runtimes
 
@@ -149,7 +156,7 @@ class PodWorker:
 
     def _create(self, kind: str, create: Callable[..., Any], body: dict[str, Any]) -> None:
         try:
-            create(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            call_unread(create, self.namespace, body)
         except ApiException as error:
             if error.status != 409:
                 raise translate(error, f"create {kind} {body['metadata']['name']}") from error
@@ -159,7 +166,7 @@ class PodWorker:
 
     def _delete(self, kind: str, delete: Callable[..., Any], name: str, **options: Any) -> None:
         try:
-            delete(name, self.namespace, _request_timeout=REQUEST_TIMEOUT, **options)
+            call_unread(delete, name, self.namespace, **options)
         except ApiException as error:
             if error.status != 404:
                 raise translate(error, f"delete {kind} {name}") from error

@@ -45,9 +45,20 @@ class HostLayout:
     etc_dir: Path
     root_links: dict[str, str]
     usr_local_keep: tuple[str, ...]
+    podexec: Path
 
 
-def prepare_host(etc_dir: Path, host_etc: Path = Path("/etc")) -> HostLayout:
+class MissingPodexec(RuntimeError):
+    """The node cannot start pods without execmesh-podexec, which `make setup` builds."""
+
+
+def check_podexec(podexec: Path) -> None:
+    if not os.access(podexec, os.X_OK):
+        raise MissingPodexec(f"{podexec} is missing or not executable: run `make setup`")
+
+
+def prepare_host(etc_dir: Path, podexec: Path, host_etc: Path = Path("/etc")) -> HostLayout:
+    check_podexec(podexec)
     if etc_dir.exists():
         shutil.rmtree(etc_dir)
     etc_dir.mkdir(parents=True)
@@ -69,7 +80,7 @@ def prepare_host(etc_dir: Path, host_etc: Path = Path("/etc")) -> HostLayout:
         if path.is_symlink():
             links[f"/{name}"] = os.readlink(path)
     keep = tuple(n for n in USR_LOCAL_KEEP if os.path.isdir(f"/usr/local/{n}"))
-    return HostLayout(etc_dir, links, keep)
+    return HostLayout(etc_dir, links, keep, podexec.resolve())
 
 
 def stage_pod(
@@ -97,5 +108,6 @@ def stage_pod(
         cgroup_mounts=cgroup_mounts,
         root_links=layout.root_links,
         usr_local_keep=layout.usr_local_keep,
+        podexec=layout.podexec,
         unshare_net=unshare_net,
     )

@@ -35,7 +35,7 @@ from execmesh.node.sandbox import (
     NodeLimits,
     SandboxSpec,
     bwrap_args_payload,
-    launch_script,
+    launch_file,
     parked_argv,
     parked_env,
     sandbox_spec,
@@ -65,6 +65,7 @@ def registry_image_check(image: str) -> str | None:
 @dataclass(frozen=True)
 class KubeletConfig:
     data_dir: Path
+    podexec: Path  # the built execmesh-podexec (execmesh/node/podexec.c)
     limits: NodeLimits = field(default_factory=NodeLimits)
     max_running: int = 16
     cgroup_name: str = "execmesh-node"
@@ -117,7 +118,7 @@ class Kubelet:
     def start(self) -> None:
         for path in (self._run_root, self._log_root, self._etc):
             path.mkdir(parents=True, exist_ok=True)
-        self._layout = prepare_host(self._etc)
+        self._layout = prepare_host(self._etc, self.config.podexec)
         self._cgroups.prepare()
         self._recover()
         self._refill()
@@ -376,9 +377,9 @@ class Kubelet:
         try:
             # bubblewrap is still blocked on its arguments: nothing of the pod runs yet.
             resource.prlimit(launcher.pid, resource.RLIMIT_FSIZE, limit)
-            script = host.termination_file.parent / "launch.sh"
-            script.write_text(launch_script(spec))
-            payload = memoryview(bwrap_args_payload(spec, host, script))
+            launch = host.termination_file.parent / "launch"
+            launch.write_bytes(launch_file(spec))
+            payload = memoryview(bwrap_args_payload(spec, host, launch))
             while payload:
                 payload = payload[os.write(launcher.args_fd, payload) :]
         finally:

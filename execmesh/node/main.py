@@ -15,6 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from execmesh.node.api import NodeApi, build_app
+from execmesh.node.hostfs import MissingPodexec, check_podexec
 from execmesh.node.kubelet import Kubelet, KubeletConfig
 from execmesh.node.sandbox import NodeLimits
 from execmesh.node.store import Store
@@ -44,6 +45,12 @@ def parse_args(argv: Sequence[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument(
         "--watch-history", type=int, default=2000, help="events kept for watch resumes"
     )
+    parser.add_argument(
+        "--podexec",
+        type=Path,
+        default=settings.podexec_path,
+        help="the privilege-dropping launcher that `make setup` builds",
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(list(argv))
 
@@ -52,6 +59,7 @@ def create_app(args: argparse.Namespace) -> Starlette:
     data_dir: Path = args.data_dir.resolve()
     config = KubeletConfig(
         data_dir=data_dir,
+        podexec=args.podexec,
         limits=NodeLimits(pids=args.pids, log_bytes=args.log_bytes),
         max_running=args.max_running,
         # One node per data dir, so two nodes on one machine never share cgroups.
@@ -88,6 +96,11 @@ def main(argv: Sequence[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"execmesh node: another node is using {data_dir}", file=sys.stderr)
+        return 1
+    try:
+        check_podexec(args.podexec)
+    except MissingPodexec as exc:
+        print(f"execmesh node: {exc}", file=sys.stderr)
         return 1
     app = create_app(args)
     log.info("execmesh node on http://%s:%d, data in %s", args.host, args.port, args.data_dir)

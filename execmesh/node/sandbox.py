@@ -4,15 +4,15 @@ The host's /usr (with the interpreters) stands in for the container image, read-
 pod sees nothing else of the host: no /root, /home, /work, no /etc beyond the few files
 libraries need, no /sys but its own cgroup, and no network but loopback. It runs as a
 non-root uid with no capabilities and no_new_privs; bubblewrap (root) builds the
-namespaces and mounts, then setpriv drops every privilege before the program starts.
+namespaces and mounts, then execmesh-podexec (podexec.c) drops every privilege and starts
+the program.
 """
 
 from __future__ import annotations
 
 import math
 import posixpath
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,18 @@ def _security(pod: Obj, container: Obj, key: str) -> Any:
     return container_ctx.get(key, pod_ctx.get(key))
 
 
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def validate(pod: Obj) -> None:
     """Refuse at admission what the node cannot run safely or faithfully."""
     spec = pod.get("spec") or {}
@@ -104,6 +116,9 @@ def validate(pod: Obj) -> None:
     container = containers[0]
     if not container.get("command") and not container.get("args"):
         raise PodRejected("the container needs a command: images have no entry point here")
+    # bubblewrap's options and the program's arguments reach the sandbox NUL-separated.
+    if any("\0" in text for text in _strings(pod)):
+        raise PodRejected("the pod may not contain NUL characters")
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(flag):
             raise PodRejected(f"{flag} is not allowed")
@@ -111,6 +126,9 @@ def validate(pod: Obj) -> None:
         raise PodRejected("privileged containers are not allowed")
     if _security(pod, container, "runAsUser") == 0:
         raise PodRejected("containers may not run as root (runAsUser 0)")
+    for field_name in ("runAsGroup", "fsGroup"):
+        if _security(pod, container, field_name) == 0:
+            raise PodRejected(f"containers may not run in the root group ({field_name} 0)")
     for name in ("cpu", "memory", "ephemeral-storage"):
         try:
             _quantity(((container.get("resources") or {}).get("limits") or {}).get(name))
@@ -207,7 +225,7 @@ def _configmap_files(
         if item["key"] not in data:
             raise PodRejected(f'configmap "{source["name"]}" has no key {item["key"]!r}')
         relative = posixpath.normpath(item["path"])
-        if relative.startswith(("/", "..")):
+        if relative.startswith(("/", "..")) or "\0" in relative:
             raise PodRejected(f"configmap item path {item['path']!r} leaves its volume")
         if sub_path is not None and relative != posixpath.normpath(sub_path):
             continue
@@ -226,6 +244,7 @@ class HostPaths:
     cgroup_mounts: Mapping[str, Path]  # path in the sandbox -> the pod's cgroup directory
     root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
     usr_local_keep: tuple[str, ...]
+    podexec: Path  # the built execmesh-podexec, bound into the sandbox
     # False when the node puts the pod in a network namespace of its own before bubblewrap
     # starts (a pooled one, see netns.py); bubblewrap then keeps the one it is born in.
     unshare_net: bool = True
@@ -246,7 +265,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     for path, target in host.root_links.items():
         argv += ["--symlink", target, path]
     argv += ["--ro-bind", str(host.etc_dir), "/etc"]
-    argv += ["--proc", "/proc", *DEV]
+    argv += ["--proc", "/proc", *DEV, "--ro-bind", str(host.podexec), PODEXEC]
     made = {"/", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
     for target, directory in host.cgroup_mounts.items():
         argv += [*_parent_dirs(target, made), "--ro-bind", str(directory), target]
@@ -262,7 +281,7 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     argv += ["--remount-ro", "/", "--chdir", spec.workdir, "--clearenv"]
     for name, value in spec.env:
         argv += ["--setenv", name, value]
-    return [*argv, "--", *setpriv_argv(spec), *spec.argv]
+    return [*argv, "--", PODEXEC, *podexec_fields(spec)]
 
 
 def _parent_dirs(path: str, made: set[str]) -> list[str]:
@@ -295,21 +314,12 @@ DEV = [
 ]
 
 
-def setpriv_argv(spec: SandboxSpec) -> list[str]:
-    groups = ["--groups", ",".join(map(str, spec.groups))] if spec.groups else ["--clear-groups"]
-    return [
-        "/usr/bin/setpriv",
-        "--reuid",
-        str(spec.uid),
-        "--regid",
-        str(spec.gid),
-        *groups,
-        "--inh-caps=-all",
-        "--ambient-caps=-all",
-        "--bounding-set=-all",
-        "--no-new-privs",
-        "--",
-    ]
+PODEXEC = "/dev/.execmesh-podexec"
+
+
+def podexec_fields(spec: SandboxSpec) -> list[str]:
+    """execmesh-podexec's arguments: who the program runs as, then the program."""
+    return [str(spec.uid), str(spec.gid), ",".join(map(str, spec.groups)), *spec.argv]
 
 
 # The wrapper joins the pod's cgroups and sets rlimits in the process that then becomes
@@ -325,7 +335,7 @@ def launch_argv(spec: SandboxSpec, host: HostPaths, procs_files: Sequence[Path])
     return ["/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--", *bwrap_argv(spec, host)]
 
 
-LAUNCH_SCRIPT = "/dev/.execmesh-launch"
+LAUNCH_FILE = "/dev/.execmesh-launch"
 
 
 def parked_argv(procs_files: Sequence[Path], bwrap: str = "bwrap") -> list[str]:
@@ -334,17 +344,18 @@ def parked_argv(procs_files: Sequence[Path], bwrap: str = "bwrap") -> list[str]:
     Joining a cgroup v1 hierarchy can wait a whole RCU grace period (milliseconds); a
     launcher parked ahead of time pays that off the pod's start. bubblewrap blocks reading
     ``--args 3`` until the node writes the pod's options there; its command is fixed at
-    park time, so it is a script the node writes per pod: exec setpriv and the program.
+    park time, so execmesh-podexec reads the pod's from a file the node writes per pod.
     """
-    command = ["/bin/sh", LAUNCH_SCRIPT]
+    command = [PODEXEC, "-f", LAUNCH_FILE]
     return [
         *("/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--"),
         *(bwrap, "--args", "3", "--", *command),
     ]
 
 
-def launch_script(spec: SandboxSpec) -> str:
-    return "exec " + shlex.join([*setpriv_argv(spec), *spec.argv]) + "\n"
+def launch_file(spec: SandboxSpec) -> bytes:
+    """podexec_fields for ``execmesh-podexec -f``, each NUL-terminated."""
+    return b"".join(field.encode() + b"\0" for field in podexec_fields(spec))
 
 
 def parked_env(nofile: int) -> dict[str, str]:
@@ -353,12 +364,12 @@ def parked_env(nofile: int) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "NOFILE": str(nofile)}
 
 
-def bwrap_args_payload(spec: SandboxSpec, host: HostPaths, script: Path) -> bytes:
+def bwrap_args_payload(spec: SandboxSpec, host: HostPaths, launch: Path) -> bytes:
     """bubblewrap's options (no command), NUL-terminated, for ``--args``."""
     argv = bwrap_argv(spec, host)
     options = argv[1 : argv.index("--")]
     options[options.index("--remount-ro", options.index("--bind")) : 0] = [
-        *("--ro-bind", str(script), LAUNCH_SCRIPT)
+        *("--ro-bind", str(launch), LAUNCH_FILE)
     ]
     return b"".join(arg.encode() + b"\0" for arg in options)
 

@@ -7,6 +7,7 @@ and Redis database are the mesh's own, apart from anything a developer runs besi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,7 +61,8 @@ class Mesh:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.running.pop(name)
-        os.killpg(process.pid, sig)
+        with contextlib.suppress(ProcessLookupError):  # it has exited, its group with it
+            os.killpg(process.pid, sig)
         process.wait(timeout=30)
 
     def stop_all(self) -> None:

@@ -242,18 +242,21 @@ def test_processes_outside_the_pod_can_be_neither_signalled_nor_traced(
 
 def test_setuid_binaries_grant_no_privilege(core: client.CoreV1Api) -> None:
     script, marker = marked(
-        "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|Uid)' /proc/self/status; "
+        "grep -E '^(NoNewPrivs|CapInh|CapPrm|CapEff|CapBnd|CapAmb|Uid|Gid|Groups)' "
+        "/proc/self/status; "
         "su -c id root </dev/null 2>&1 | head -n 1; "
         "mount -t tmpfs none /tmp 2>&1 | head -n 1; "
         "find /usr/bin -perm -4000 | head -n 3; id -u"
     )
     pod, log = run_pod(core, attack_pod(unique("setuid"), script, marker))
     text = log.decode()
-    status = dict(line.split(":\t") for line in text.splitlines()[:5])
+    status = dict(line.split(":\t") for line in text.splitlines()[:9])
     assert status["NoNewPrivs"] == "1"
-    for caps in ("CapEff", "CapPrm", "CapBnd"):
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(status[caps], 16) == 0
     assert status["Uid"].split() == ["65532"] * 4
+    assert status["Gid"].split() == ["65532"] * 4
+    assert status["Groups"].split() == []
     assert "uid=0" not in text
     assert text.rstrip().endswith("65532")
     assert_nothing_left(pod, marker)

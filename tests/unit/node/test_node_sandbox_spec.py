@@ -7,12 +7,14 @@ import pytest
 
 from execmesh.node.sandbox import (
     DEFAULT_UID,
+    PODEXEC,
     HostPaths,
     MissingConfigMap,
     NodeLimits,
     PodRejected,
     bwrap_argv,
     launch_argv,
+    podexec_fields,
     sandbox_spec,
     validate,
 )
@@ -46,6 +48,7 @@ HOST = HostPaths(
     cgroup_mounts={"/sys/fs/cgroup/memory": Path("/sys/fs/cgroup/memory/n/u")},
     root_links={"/bin": "usr/bin"},
     usr_local_keep=("go",),
+    podexec=Path("/opt/execmesh-podexec"),
 )
 
 
@@ -113,6 +116,13 @@ def test_configmap_items_and_sub_paths_place_single_keys() -> None:
     assert [(f.path, f.content, f.mode) for f in files] == [("/etc/app.conf", b"1", 0o400)]
 
 
+def test_a_configmap_key_with_a_nul_is_no_file_name() -> None:
+    body = pod(volumeMounts=[{"name": "v", "mountPath": "/config"}])
+    body["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "cm"}}]
+    with pytest.raises(PodRejected):
+        sandbox_spec(body, {"cm": {"data": {"a\0--bind": "x"}}}, NodeLimits())
+
+
 def test_an_item_path_cannot_leave_its_volume() -> None:
     body = pod(volumeMounts=[{"name": "v", "mountPath": "/config"}])
     items = [{"key": "a", "path": "../../etc/passwd"}]
@@ -131,6 +141,12 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         lambda p: p["spec"]["containers"][0].update(securityContext={"privileged": True}),
         lambda p: p["spec"]["containers"][0].pop("command"),
         lambda p: p["spec"]["containers"][0].update(resources={"limits": {"memory": "lots"}}),
+        lambda p: p["spec"].update(securityContext={"runAsGroup": 0}),
+        lambda p: p["spec"].update(securityContext={"fsGroup": 0}),
+        # NUL separates bubblewrap's options and the program's arguments on their way in.
+        lambda p: p["spec"]["containers"][0].update(args=["a\0--bind", "/", "/host"]),
+        lambda p: p["spec"]["containers"][0].update(env=[{"name": "A", "value": "\0--bind"}]),
+        lambda p: p["spec"]["containers"][0].update(workingDir="/tmp\0"),
     ],
     ids=[
         "two-containers",
@@ -140,6 +156,11 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         "privileged",
         "no-command",
         "bad-qty",
+        "root-group",
+        "root-fs-group",
+        "nul-in-args",
+        "nul-in-env",
+        "nul-in-working-dir",
     ],
 )
 def test_pods_the_node_cannot_run_safely_are_rejected_at_admission(change: Any) -> None:
@@ -161,6 +182,7 @@ def test_the_sandbox_unshares_every_namespace_but_user_and_binds_only_the_image_
         "/usr",
         "/usr/local/go",
         "/data/etc",
+        "/opt/execmesh-podexec",
         "/sys/fs/cgroup/memory/n/u",
         str(HOST.termination_file),
     }
@@ -171,14 +193,18 @@ def test_the_sandbox_unshares_every_namespace_but_user_and_binds_only_the_image_
     assert argv[tmp : tmp + 5] == ["--perms", "1777", "--size", str(64 * MiB), "--tmpfs"]
 
 
-def test_privileges_are_dropped_by_setpriv_before_the_program_starts() -> None:
+def test_privileges_are_dropped_by_podexec_before_the_program_starts() -> None:
     argv = bwrap_argv(sandbox_spec(pod(), {}, NodeLimits()), HOST)
-    setpriv = argv[argv.index("--") + 1 :]
-    assert setpriv[0] == "/usr/bin/setpriv"
-    for flag in ("--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--clear-groups"):
-        assert flag in setpriv
-    assert setpriv[setpriv.index("--reuid") + 1] == "65532"
-    assert setpriv[-3:] == ["/bin/sh", "-c", "true"]
+    bind = argv.index("/opt/execmesh-podexec")
+    assert argv[bind - 1 : bind + 2] == ["--ro-bind", "/opt/execmesh-podexec", PODEXEC]
+    assert argv[argv.index("--") + 1 :] == [PODEXEC, "65532", "65532", "", "/bin/sh", "-c", "true"]
+
+
+def test_the_fs_group_is_the_programs_only_supplementary_group() -> None:
+    body = pod()
+    body["spec"]["securityContext"] = {"fsGroup": 2000, "runAsUser": 1000}
+    spec = sandbox_spec(body, {}, NodeLimits())
+    assert podexec_fields(spec)[:3] == ["1000", "1000", "2000"]
 
 
 def test_the_launcher_joins_every_cgroup_before_becoming_bubblewrap() -> None:
@@ -191,25 +217,24 @@ def test_the_launcher_joins_every_cgroup_before_becoming_bubblewrap() -> None:
 
 def test_a_parked_launcher_takes_the_pods_options_from_a_pipe_and_runs_a_fixed_script() -> None:
     from execmesh.node.sandbox import (
-        LAUNCH_SCRIPT,
+        LAUNCH_FILE,
         bwrap_args_payload,
-        launch_script,
+        launch_file,
         parked_argv,
     )
 
     spec = sandbox_spec(pod(command=["python3", "-c", "print('a b')"]), {}, NodeLimits())
     argv = parked_argv([Path("/cg/pids/slot/cgroup.procs")])
-    assert argv[-6:] == ["bwrap", "--args", "3", "--", "/bin/sh", LAUNCH_SCRIPT]
-    options = bwrap_args_payload(spec, HOST, Path("/data/run/u/launch.sh")).split(b"\0")
+    assert argv[-7:] == ["bwrap", "--args", "3", "--", PODEXEC, "-f", LAUNCH_FILE]
+    options = bwrap_args_payload(spec, HOST, Path("/data/run/u/launch")).split(b"\0")
     assert options[-1] == b""  # every option NUL-terminated
     assert b"--" not in options and b"python3" not in options
-    bind = options.index(b"/data/run/u/launch.sh")
+    bind = options.index(b"/data/run/u/launch")
     assert options[bind - 1 : bind + 2] == [
         b"--ro-bind",
-        b"/data/run/u/launch.sh",
+        b"/data/run/u/launch",
         b"/dev/.execmesh-launch",
     ]
     assert bind < options.index(b"--remount-ro", options.index(b"--bind"))
-    script = launch_script(spec)
-    assert script.startswith("exec /usr/bin/setpriv --reuid 65532 ")
-    assert script.rstrip().endswith("-- python3 -c 'print('\"'\"'a b'\"'\"')'")
+    fields = launch_file(spec).split(b"\0")
+    assert fields == [b"65532", b"65532", b"", b"python3", b"-c", b"print('a b')", b""]
