@@ -66,6 +66,9 @@ def registry_image_check(image: str) -> str | None:
 class KubeletConfig:
     data_dir: Path
     podexec: Path  # the built execmesh-podexec (execmesh/node/podexec.c)
+    # Per-pod scratch (staged files, termination-log, launch file); a tmpfs keeps file
+    # creation off a pod's start. Default: data_dir/run.
+    run_root: Path | None = None
     limits: NodeLimits = field(default_factory=NodeLimits)
     max_running: int = 16
     cgroup_name: str = "execmesh-node"
@@ -102,7 +105,7 @@ class Kubelet:
     def __init__(self, store: Store, config: KubeletConfig) -> None:
         self.store = store
         self.config = config
-        self._run_root = config.data_dir / "run"
+        self._run_root = config.run_root or config.data_dir / "run"
         self._log_root = config.data_dir / "logs"
         self._etc = config.data_dir / "etc"
         self._cgroups = Hierarchy(config.cgroup_name)
@@ -134,6 +137,8 @@ class Kubelet:
         if self._netns is not None:
             self._netns.close()
         self._cgroups.remove()
+        with contextlib.suppress(OSError):  # empty once every pod is cleaned up
+            self._run_root.rmdir()
 
     def _recover(self) -> None:
         started = set()
@@ -372,7 +377,6 @@ class Kubelet:
     ) -> Outcome:
         begun = time.perf_counter()
         cgroup, exited = launcher.cgroup, launcher.exited
-        sink = LogSink(self.log_path(pod), spec.log_bytes)
         limit = (spec.file_bytes, spec.file_bytes)
         try:
             # bubblewrap is still blocked on its arguments: nothing of the pod runs yet.
@@ -385,6 +389,8 @@ class Kubelet:
         finally:
             os.close(launcher.args_fd)
         spawned = time.perf_counter()
+        # Created once the pod is on its way: the output waits in the pipe meanwhile.
+        sink = LogSink(self.log_path(pod), spec.log_bytes)
         drained = sink.follow(launcher.read_fd)
         started_at = timestamp()
         # As a kubelet's status manager batches updates, a container that is done within a

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from execmesh.node.api import NodeApi, build_app
-from execmesh.node.hostfs import MissingPodexec, check_podexec
+from execmesh.node.hostfs import MissingPodexec, check_podexec, scratch_root
 from execmesh.node.kubelet import Kubelet, KubeletConfig
 from execmesh.node.sandbox import NodeLimits
 from execmesh.node.store import Store
@@ -60,6 +60,7 @@ def create_app(args: argparse.Namespace) -> Starlette:
     config = KubeletConfig(
         data_dir=data_dir,
         podexec=args.podexec,
+        run_root=scratch_root(data_dir),
         limits=NodeLimits(pids=args.pids, log_bytes=args.log_bytes),
         max_running=args.max_running,
         # One node per data dir, so two nodes on one machine never share cgroups.

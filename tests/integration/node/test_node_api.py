@@ -27,6 +27,8 @@ from conftest import (
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from execmesh.node.hostfs import scratch_root
+
 pytestmark = [pytest.mark.node, needs_sandbox]
 
 
@@ -298,7 +300,7 @@ def test_pods_deleted_as_soon_as_they_finish_leave_nothing_behind(
     churn(15)
     time.sleep(0.5)
     assert len(list(descriptors.iterdir())) <= before + 2
-    assert list((node.data_dir / "run").iterdir()) == []
+    assert list(scratch_root(node.data_dir).iterdir()) == []
     assert not [p for p in (node.data_dir / "logs").iterdir() if "churn" in p.name]
 
 
@@ -352,5 +354,5 @@ def test_a_pod_running_when_the_node_goes_down_is_failed_after_restart_and_clean
     kept = core.read_namespaced_pod(done, NAMESPACE)
     assert kept.status.phase == "Succeeded"
     assert core.read_namespaced_pod_log(done, NAMESPACE) == "kept\n"
-    leftovers = list((restartable_node.data_dir / "run").iterdir())
+    leftovers = list(scratch_root(restartable_node.data_dir).iterdir())
     assert leftovers == []
