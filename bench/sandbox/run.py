@@ -221,7 +221,7 @@ class Sandbox:
         return time.perf_counter() - started
 
     def bwrap_only(self) -> float:
-        """bubblewrap + setpriv + print(1), pooled network namespace, no cgroups."""
+        """bubblewrap + execmesh-podexec + print(1), pooled network namespace, no cgroups."""
         host = stage_pod(self.spec, self.layout, self.scratch / "pod", {}, unshare_net=False)
         return self._run(bwrap_argv(self.spec, host))
 
@@ -288,8 +288,8 @@ def main() -> int:
             "node: pod print(1), create -> terminal + log": lambda: run_direct(
                 core, terminals, timings
             ),
-            "sandbox: bubblewrap + setpriv, pooled netns": sandbox.bwrap_only,
-            "sandbox: bubblewrap + setpriv, fresh netns": sandbox.own_netns,
+            "sandbox: bubblewrap + podexec, pooled netns": sandbox.bwrap_only,
+            "sandbox: bubblewrap + podexec, fresh netns": sandbox.own_netns,
             "sandbox: + cgroups, wrapper, rlimits (the kubelet's launch)": sandbox.with_cgroups,
         }
         for _ in range(10):  # warm the page cache and the connection pool
