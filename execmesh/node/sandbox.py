@@ -354,8 +354,8 @@ def parked_argv(procs_files: Sequence[Path], bwrap: str = "bwrap") -> list[str]:
 
 
 def launch_file(spec: SandboxSpec) -> bytes:
-    """podexec_fields for ``execmesh-podexec -f``, each NUL-terminated."""
-    return b"".join(field.encode() + b"\0" for field in podexec_fields(spec))
+    """podexec_fields for ``execmesh-podexec -f``."""
+    return _nul_terminated(podexec_fields(spec))
 
 
 def parked_env(nofile: int) -> dict[str, str]:
@@ -371,7 +371,11 @@ def bwrap_args_payload(spec: SandboxSpec, host: HostPaths, launch: Path) -> byte
     options[options.index("--remount-ro", options.index("--bind")) : 0] = [
         *("--ro-bind", str(launch), LAUNCH_FILE)
     ]
-    return b"".join(arg.encode() + b"\0" for arg in options)
+    return _nul_terminated(options)
+
+
+def _nul_terminated(fields: Sequence[str]) -> bytes:
+    return b"".join(field.encode() + b"\0" for field in fields)
 
 
 def launch_env(spec: SandboxSpec) -> dict[str, str]:

@@ -2,10 +2,10 @@
 
 One global resourceVersion counter increases on every write, as etcd's revision does.
 Objects live in memory for reads and are written through to SQLite (WAL, no fsync per
-commit) so that pod records survive a restart of the node. Each object is also kept as its
-JSON text: every read hands out a fresh copy, and parsing that text is several times faster
-than ``copy.deepcopy``. The history of watch events is
-bounded: a watch from a resourceVersion older than what is kept is answered with 410.
+commit) so that pod records survive a restart of the node. Each object is kept as its JSON
+text: every read parses a fresh copy, several times faster than ``copy.deepcopy`` of a
+kept dict. The history of watch events is bounded: a watch from a resourceVersion older
+than what is kept is answered with 410.
 """
 
 from __future__ import annotations
@@ -81,12 +81,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._objects: dict[Key, Obj] = {}  # never handed out: callers get copies
         self._bodies: dict[Key, str] = {}
         for kind, namespace, name, body in self._db.execute(
             "SELECT kind, namespace, name, body FROM objects"
         ):
-            self._objects[(kind, namespace, name)] = json.loads(body)
             self._bodies[(kind, namespace, name)] = body
         row = self._db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()
         self._rv = int(row[0]) if row else 0
@@ -120,23 +118,24 @@ class Store:
         namespace: str | None = None,
         matches: Callable[[Obj], bool] = lambda _: True,
     ) -> list[Obj]:
-        found = [
-            _parse(self._bodies[key])
-            for key, obj in self._objects.items()
-            if key[0] == kind and (namespace is None or key[1] == namespace) and matches(obj)
-        ]
+        candidates = (
+            _parse(body)
+            for (k, ns, _), body in self._bodies.items()
+            if k == kind and (namespace is None or ns == namespace)
+        )
+        found = [obj for obj in candidates if matches(obj)]
         found.sort(key=lambda obj: int(obj["metadata"]["resourceVersion"]))
         return found
 
     def create(self, kind: str, obj: Obj) -> Obj:
         key = _key(kind, obj)
-        if key in self._objects:
+        if key in self._bodies:
             raise AlreadyExists(f'{kind} "{key[2]}" already exists')
         return self._write(kind, key, obj, "ADDED")
 
     def replace(self, kind: str, obj: Obj) -> Obj:
         key = _key(kind, obj)
-        if key not in self._objects:
+        if key not in self._bodies:
             raise NotFound(f'{kind} "{key[2]}" not found')
         return self._write(kind, key, obj, "MODIFIED")
 
@@ -147,9 +146,8 @@ class Store:
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj:
         key = (kind, namespace, name)
-        if key not in self._objects:
+        if key not in self._bodies:
             raise NotFound(f'{kind} "{name}" not found')
-        del self._objects[key]
         obj = _parse(self._bodies.pop(key))
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
@@ -165,7 +163,6 @@ class Store:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         body = _dump(obj)
-        self._objects[key] = _parse(body)
         self._bodies[key] = body
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (*key, body))
