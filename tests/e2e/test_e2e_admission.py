@@ -1,8 +1,8 @@
 """Admission under load, through the whole pipeline: limits hold, everything finishes, and a
 backlog is served by priority.
 
-Sized for a busy 2-core box: 100 half-second runs from 3 users against a per-user limit of 5
-and a global limit of 10 take about a minute; the priority test about half a minute.
+Sized for a busy 2-core box: 100 one-second runs from 3 users against a per-user limit of 5
+and a global limit of 10 take about half a minute; the priority test about twenty seconds.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def test_under_a_backlog_high_priority_starts_before_normal_before_low(
     mesh = limited_mesh
     # Blockers fill every slot and end one by one, so each freed slot admits one waiter.
     blockers = [
-        (f"import time\ntime.sleep({3 + 0.4 * i:.1f})\n", f"blocker{i % 2}", "normal")
+        (f"import time\ntime.sleep({6 + 0.4 * i:.1f})\n", f"blocker{i % 2}", "normal")
         for i in range(GLOBAL)
     ]
     blocker_ids = submit_all(mesh, blockers)
@@ -210,10 +210,15 @@ def test_under_a_backlog_high_priority_starts_before_normal_before_low(
         for n, priority in enumerate(["low", "normal", "high"] * 4)
     ]
     waiter_ids = submit_all(mesh, waiters)
-    queued = store.usage().queued
+    # The API answers before the coordinator has queued the run: wait for the whole backlog,
+    # which must form while every blocker still holds its slot.
+    deadline = time.monotonic() + 20
+    while (usage := store.usage()).queued < len(waiters):
+        assert usage.running == GLOBAL, f"a slot freed before the backlog formed: {usage}"
+        assert time.monotonic() < deadline, f"the backlog did not form: {usage}"
+        time.sleep(0.05)
     documents = wait_all(mesh, blocker_ids + waiter_ids, timeout=120)
 
-    assert queued >= len(waiters) - 2, f"the backlog was not there: {queued} queued"
     by_priority: dict[str, list[dict[str, Any]]] = {"high": [], "normal": [], "low": []}
     for execution_id, (_, _, priority) in zip(waiter_ids, waiters, strict=True):
         document = documents[execution_id]
