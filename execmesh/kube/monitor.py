@@ -31,8 +31,10 @@ from execmesh.kube.client import (
     REQUEST_TIMEOUT,
     KubeClients,
     build_clients,
+    call_unread,
     status_of,
     translate,
+    unvalidated,
 )
 from execmesh.kube.mapping import (
     PodEvent,
@@ -244,7 +246,7 @@ class PodMonitor:
         doing = f"read the log of pod {state.name}"
         try:
             # Raw bytes: decoded as UTF-8, any other bytes the program printed would be lost.
-            response: Any = self._core.read_namespaced_pod_log(
+            response: Any = unvalidated(self._core.read_namespaced_pod_log)(
                 state.name,
                 state.namespace or self._namespace,
                 _preload_content=False,
@@ -262,11 +264,11 @@ class PodMonitor:
     def _delete(self, state: PodState) -> None:
         doing = f"delete pod {state.name}"
         try:
-            self._core.delete_namespaced_pod(
+            call_unread(
+                self._core.delete_namespaced_pod,
                 state.name,
                 state.namespace or self._namespace,
                 grace_period_seconds=0,
-                _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as error:
             if status_of(error) != 404:
