@@ -168,7 +168,7 @@ def test_sigterm_stops_the_monitor_promptly_and_cleanly(monitor: MonitorProcess)
     wait_until(lambda: b"watching" in monitor.log.read_bytes(), 20, "the monitor started")
     started = time.monotonic()
     assert monitor.kill(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # a watch request waited out would hold it 12 s
 
 
 def test_the_monitor_refuses_to_start_without_a_sink(node: Node, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_a_program_past_its_deadline_is_killed_with_deadline_exceeded(
     state = terminated(pod)
     assert (pod.status.phase, pod.status.reason) == ("Failed", "DeadlineExceeded")
     assert (state.exit_code, state.signal) == (137, 9)
-    assert 2 <= elapsed < 6
+    assert 2 <= elapsed < 10  # killed at its deadline, not at the end of its loop or sleep
     assert_nothing_left(pod, marker)
 
 

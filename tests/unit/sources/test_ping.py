@@ -76,9 +76,9 @@ def test_ticks_arrive_as_binary_ping_events_at_the_interval(
     stop = threading.Event()
     runner = threading.Thread(target=run, args=([source], 0.2, stop))
     runner.start()
-    threading.Event().wait(1.1)
+    threading.Event().wait(2.1)
     stop.set()
     runner.join(timeout=5)
-    assert 4 <= len(received) <= 7
+    assert 7 <= len(received) <= 12  # about 11 ticks; a late start or wake-up costs one or two
     assert {r["ce-type"] for r in received} == {PING_TYPE}
     assert received[0]["ce-source"] == "/apis/v1/namespaces/execmesh/pingsources/tick"
