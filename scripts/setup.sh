@@ -133,8 +133,9 @@ setup_ferretdb() {
 }
 
 setup_podexec() {  # the local node's privilege-dropping launcher, from its C source
-  local source=$ROOT/execmesh/node/podexec.c want
-  local bin=${EXECMESH_PODEXEC:-$ROOT/.local/bin/execmesh-podexec}
+  local source=$ROOT/execmesh/node/podexec.c want bin
+  # Where the node looks for it (Settings.podexec_path: EXECMESH_PODEXEC or its default).
+  bin=$("$VENV/bin/python" -c 'from execmesh.settings import Settings; print(Settings.from_env().podexec_path)')
   want=$(fingerprint "$source")
   [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want" ] && return 0
   say "building $bin"
