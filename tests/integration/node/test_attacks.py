@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from kubernetes import client
+from node_harness import (
     NAMESPACE,
     Node,
     host_processes_with,
@@ -27,7 +28,6 @@ from conftest import (
     terminated,
     unique,
 )
-from kubernetes import client
 
 from execmesh.node.cgroups import own_cgroups
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+from node_harness import (
     NAMESPACE,
     Node,
     host_processes_with,
@@ -24,8 +26,6 @@ from conftest import (
     unique,
     wait_terminal,
 )
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
 
 from execmesh.node.hostfs import scratch_root
 

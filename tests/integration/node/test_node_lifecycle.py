@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import NAMESPACE, needs_sandbox, terminated, unique, wait_terminal
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
+from node_harness import NAMESPACE, needs_sandbox, terminated, unique, wait_terminal
 
 from execmesh.pods.manifest import ExecutionSpec, Limits, build_configmap, build_pod
 from execmesh.pods.report import PodReport, parse_pod_report
