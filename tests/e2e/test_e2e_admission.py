@@ -160,7 +160,10 @@ def test_a_hundred_submissions_from_three_users_all_finish_within_the_limits(
     script = "import time\ntime.sleep(1)\nprint(1)\n"
     users = ("ada", "bob", "cyd")
     priorities = itertools.cycle(("normal", "high", "normal", "low"))
-    requests = [(script, users[i % 3], next(priorities)) for i in range(100)]
+    # Ada's burst first, so that she meets her own limit while the others still fit in the
+    # global one (round robin alone would leave each user at 3 or 4 of the 10 slots).
+    submitters = ["ada"] * 20 + [users[i % 3] for i in range(80)]
+    requests = [(script, user, next(priorities)) for user in submitters]
     with Sampler(mesh) as sampler:
         ids = submit_all(mesh, requests)
         documents = wait_all(mesh, ids, timeout=300)
