@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 POD = "pods"
 CONFIGMAP = "configmaps"
-RUNNING_REPORT_DELAY = 0.02
+RUNNING_REPORT_DELAY = 0.1
 
 ImageCheck = Callable[[str], str | None]  # image -> why it cannot run here, or None
 
@@ -393,8 +393,9 @@ class Kubelet:
         sink = LogSink(self.log_path(pod), spec.log_bytes)
         drained = sink.follow(launcher.read_fd)
         started_at = timestamp()
-        # As a kubelet's status manager batches updates, a container that is done within a
-        # few milliseconds goes from Pending straight to its terminal status.
+        # A kubelet notices a started container at its next relist (up to a second later), so
+        # one that is done within RUNNING_REPORT_DELAY goes from Pending straight to its
+        # terminal status: no Running write, and no pod.running for the pipeline to handle.
         report_running = asyncio.get_running_loop().call_later(
             RUNNING_REPORT_DELAY,
             self._set_status_if_present,
