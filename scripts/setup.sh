@@ -140,7 +140,7 @@ setup_podexec() {  # the local node's privilege-dropping launcher, from its C so
   [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want" ] && return 0
   say "building $bin"
   mkdir -p "$(dirname "$bin")"
-  quietly podexec gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source"
+  quietly podexec gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source" -lseccomp
   mv "$bin.tmp" "$bin"
   echo "$want" >"$bin.fingerprint"
 }

@@ -3,9 +3,10 @@
 The host's /usr (with the interpreters) stands in for the container image, read-only. The
 pod sees nothing else of the host: no /root, /home, /work, no /etc beyond the few files
 libraries need, no /sys but its own cgroup, and no network but loopback. It runs as a
-non-root uid with no capabilities and no_new_privs; bubblewrap (root) builds the
-namespaces and mounts, then execmesh-podexec (podexec.c) drops every privilege and starts
-the program.
+non-root uid with no capabilities and no_new_privs, its system calls confined as by a
+container runtime's default seccomp profile; bubblewrap (root) builds the namespaces and
+mounts, then execmesh-podexec (podexec.c) drops every privilege, installs the seccomp
+filter and starts the program.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def validate(pod: Obj) -> None:
     for field_name in ("runAsGroup", "fsGroup"):
         if _security(pod, container, field_name) == 0:
             raise PodRejected(f"containers may not run in the root group ({field_name} 0)")
+    # execmesh-podexec confines every pod's system calls as RuntimeDefault does.
+    profile = (_security(pod, container, "seccompProfile") or {}).get("type", "RuntimeDefault")
+    if profile != "RuntimeDefault":
+        raise PodRejected(f"seccompProfile {profile} is not supported: pods run RuntimeDefault")
     for name in ("cpu", "memory", "ephemeral-storage"):
         try:
             _quantity(((container.get("resources") or {}).get("limits") or {}).get(name))

@@ -147,6 +147,10 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         lambda p: p["spec"]["containers"][0].update(args=["a\0--bind", "/", "/host"]),
         lambda p: p["spec"]["containers"][0].update(env=[{"name": "A", "value": "\0--bind"}]),
         lambda p: p["spec"]["containers"][0].update(workingDir="/tmp\0"),
+        lambda p: p["spec"].update(securityContext={"seccompProfile": {"type": "Unconfined"}}),
+        lambda p: p["spec"]["containers"][0].update(
+            securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "x"}}
+        ),
     ],
     ids=[
         "two-containers",
@@ -161,6 +165,8 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         "nul-in-args",
         "nul-in-env",
         "nul-in-working-dir",
+        "unconfined-seccomp",
+        "localhost-seccomp",
     ],
 )
 def test_pods_the_node_cannot_run_safely_are_rejected_at_admission(change: Any) -> None:
