@@ -136,11 +136,13 @@ setup_podexec() {  # the local node's privilege-dropping launcher, from its C so
   local source=$ROOT/execmesh/node/podexec.c want bin
   # Where the node looks for it (Settings.podexec_path: EXECMESH_PODEXEC or its default).
   bin=$("$VENV/bin/python" -c 'from execmesh.settings import Settings; print(Settings.from_env().podexec_path)')
-  want=$(fingerprint "$source")
+  local build=(gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source" -lseccomp)
+  # The command is part of the fingerprint: a new flag or library rebuilds it too.
+  want=$(fingerprint "$source" <(echo "${build[*]}"))
   [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want" ] && return 0
   say "building $bin"
   mkdir -p "$(dirname "$bin")"
-  quietly podexec gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source" -lseccomp
+  quietly podexec "${build[@]}"
   mv "$bin.tmp" "$bin"
   echo "$want" >"$bin.fingerprint"
 }
