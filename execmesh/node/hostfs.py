@@ -2,7 +2,8 @@
 
 Once per node start: one directory that becomes the pod's whole /etc (copies of the few
 files libraries need, and a passwd/group naming no host user), so the sandbox binds one
-directory instead of a dozen files. Per pod: the ConfigMap files and the termination-log.
+directory instead of a dozen files. Per launcher: its slot directory. Per pod: the ConfigMap
+files and the termination-log, staged in the slot of the launcher that takes the pod.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from execmesh.node.sandbox import HostPaths, SandboxSpec
+from execmesh.node.sandbox import STAGED_FILES, TERMINATION_LOG, HostPaths, SandboxSpec
 
 # /etc files that the C library and the interpreters read; nothing secret.
 ETC_FILES = (
@@ -110,27 +111,16 @@ def prepare_host(etc_dir: Path, podexec: Path, host_etc: Path = Path("/etc")) ->
     return HostLayout(etc_dir, links, keep, podexec.resolve())
 
 
-def stage_pod(
-    spec: SandboxSpec,
+def launcher_paths(
     layout: HostLayout,
-    run_dir: Path,
+    slot_dir: Path,
     cgroup_mounts: dict[str, Path],
     unshare_net: bool = True,
 ) -> HostPaths:
-    """Write the pod's ConfigMap files and an empty termination-log it may write."""
-    files_dir = run_dir / "files"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for file in spec.files:
-        target = files_dir / file.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(file.content)
-        target.chmod(file.mode & 0o777)
-    termination = run_dir / "termination-log"
-    termination.touch(0o644)
-    os.chown(termination, spec.uid, spec.gid)
+    """What a parked launcher's sandbox is built from: the host layout and its own slot."""
+    slot_dir.mkdir(parents=True, exist_ok=True)
     return HostPaths(
-        files_dir=files_dir,
-        termination_file=termination,
+        slot_dir=slot_dir,
         etc_dir=layout.etc_dir,
         cgroup_mounts=cgroup_mounts,
         root_links=layout.root_links,
@@ -138,3 +128,17 @@ def stage_pod(
         podexec=layout.podexec,
         unshare_net=unshare_net,
     )
+
+
+def stage_pod(spec: SandboxSpec, slot_dir: Path) -> Path:
+    """Write the pod's ConfigMap files and an empty termination-log it may write; its path."""
+    files_dir = slot_dir / STAGED_FILES
+    for file in spec.files:
+        target = files_dir / file.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.content)
+        target.chmod(file.mode & 0o777)
+    termination = slot_dir / TERMINATION_LOG
+    termination.touch(0o644)
+    os.chown(termination, spec.uid, spec.gid)
+    return termination

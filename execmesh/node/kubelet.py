@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import signal
 import time
@@ -25,17 +24,15 @@ from typing import Any
 
 from execmesh.node import netns, podstatus
 from execmesh.node.cgroups import Hierarchy, Limits, PodCgroup
-from execmesh.node.hostfs import HostLayout, prepare_host, stage_pod
+from execmesh.node.hostfs import HostLayout, launcher_paths, prepare_host, stage_pod
 from execmesh.node.netns import NetnsPool
 from execmesh.node.output import LogSink, read_capped, tail
 from execmesh.node.podstatus import Outcome, timestamp
 from execmesh.node.sandbox import (
-    HostPaths,
     MissingConfigMap,
     NodeLimits,
     SandboxSpec,
-    bwrap_args_payload,
-    launch_file,
+    launch_spec,
     parked_argv,
     parked_env,
     sandbox_spec,
@@ -48,6 +45,7 @@ log = logging.getLogger(__name__)
 POD = "pods"
 CONFIGMAP = "configmaps"
 RUNNING_REPORT_DELAY = 0.1
+PARKED_LAUNCHERS = 2
 
 ImageCheck = Callable[[str], str | None]  # image -> why it cannot run here, or None
 
@@ -74,7 +72,7 @@ class KubeletConfig:
     cgroup_name: str = "execmesh-node"
     image_check: ImageCheck = registry_image_check
     pool_network_namespaces: bool = True
-    parked_launchers: int = 2
+    parked_launchers: int = PARKED_LAUNCHERS
 
 
 class Deleted(Exception):
@@ -87,9 +85,10 @@ class _Launcher:
     pid: int
     exited: asyncio.Future[int]
     read_fd: int  # the pod's output
-    args_fd: int  # bubblewrap reads its arguments from here
+    spec_fd: int  # execmesh-podexec, in the built sandbox, reads the pod's launch spec here
     cgroup: PodCgroup
     network: int | None
+    slot_dir: Path  # its scratch on the host: the pod's staged files and termination-log
 
 
 @dataclass
@@ -280,18 +279,17 @@ class Kubelet:
     ) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        run_dir = self._run_root / uid
         handle.executing = True
         launcher = self._take_launcher()
-        cgroup = launcher.cgroup
+        cgroup, run_dir = launcher.cgroup, launcher.slot_dir
         self._cgroups.apply(cgroup, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids))
         self.store.save_run(
             uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
         )
         self.store.drop_run(launcher.name)
-        host = self._stage(spec, run_dir, cgroup)
+        termination = stage_pod(spec, run_dir)
         try:
-            outcome = await self._supervise(pod, spec, host, launcher, expires, handle)
+            outcome = await self._supervise(pod, spec, termination, launcher, expires, handle)
             self._finish_if_present(pod, outcome)
             if handle.deleting.is_set():
                 self._forget_if_present(meta["namespace"], meta["name"])
@@ -304,30 +302,32 @@ class Kubelet:
     # -- parked launchers ------------------------------------------------------------------
 
     def _park(self) -> _Launcher:
-        """Start a launcher in fresh cgroups (and a pooled network namespace), waiting."""
+        """Start a launcher in fresh cgroups (and a pooled network namespace) that builds
+        its sandbox and waits there for a pod."""
+        assert self._layout is not None, "start() prepares the host layout"
         name = f"slot-{uuid.uuid4().hex[:16]}"
+        slot_dir = self._run_root / name
         cgroup = self._cgroups.create(name, Limits(None, None, self.config.limits.pids))
         self.store.save_run(
             name,
-            {
-                "cgroups": {c: str(p) for c, p in cgroup.dirs.items()},
-                "run_dir": str(self._run_root / name),
-            },
+            {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(slot_dir)},
         )
         network = None if self._netns is None else self._netns.acquire()
+        host = launcher_paths(self._layout, slot_dir, cgroup.sandbox_mounts(), network is None)
+        argv = parked_argv(cgroup.procs_files, host)
+        env = parked_env(self.config.limits.nofile)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        args_read, args_write = os.pipe2(os.O_CLOEXEC)
-        argv, env = parked_argv(cgroup.procs_files), parked_env(self.config.limits.nofile)
+        spec_read, spec_write = os.pipe2(os.O_CLOEXEC)
         try:
             if self._netns is None or network is None:
-                pid, exited = spawn(argv, env, write_fd, args_read)
+                pid, exited = spawn(argv, env, write_fd, spec_read)
             else:
                 with self._netns.entered(network):
-                    pid, exited = spawn(argv, env, write_fd, args_read)
+                    pid, exited = spawn(argv, env, write_fd, spec_read)
         finally:
             os.close(write_fd)
-            os.close(args_read)
-        return _Launcher(name, pid, exited, read_fd, args_write, cgroup, network)
+            os.close(spec_read)
+        return _Launcher(name, pid, exited, read_fd, spec_write, cgroup, network, slot_dir)
 
     def _take_launcher(self) -> _Launcher:
         while self._parked:
@@ -348,11 +348,12 @@ class Kubelet:
 
     def _discard(self, launcher: _Launcher) -> None:
         with contextlib.suppress(OSError):
-            os.close(launcher.args_fd)
+            os.close(launcher.spec_fd)
         with contextlib.suppress(OSError):
             os.close(launcher.read_fd)
         all_gone = launcher.cgroup.kill_all()
         launcher.cgroup.remove()
+        shutil.rmtree(launcher.slot_dir, ignore_errors=True)
         self.store.drop_run(launcher.name)
         self._return_network(launcher.network, all_gone)
 
@@ -361,33 +362,24 @@ class Kubelet:
             # Lent again only when nothing of the last pod can still be in it.
             (self._netns.release if all_gone else self._netns.discard)(network)
 
-    def _stage(self, spec: SandboxSpec, run_dir: Path, cgroup: PodCgroup) -> HostPaths:
-        assert self._layout is not None, "start() prepares the host layout"
-        mounts = cgroup.sandbox_mounts()
-        return stage_pod(spec, self._layout, run_dir, mounts, self._netns is None)
-
     async def _supervise(
         self,
         pod: Obj,
         spec: SandboxSpec,
-        host: HostPaths,
+        termination: Path,
         launcher: _Launcher,
         expires: float | None,
         handle: _Handle,
     ) -> Outcome:
         begun = time.perf_counter()
         cgroup, exited = launcher.cgroup, launcher.exited
-        limit = (spec.file_bytes, spec.file_bytes)
         try:
-            # bubblewrap is still blocked on its arguments: nothing of the pod runs yet.
-            resource.prlimit(launcher.pid, resource.RLIMIT_FSIZE, limit)
-            launch = host.termination_file.parent / "launch"
-            launch.write_bytes(launch_file(spec))
-            payload = memoryview(bwrap_args_payload(spec, host, launch))
+            # The sandbox is built; nothing of the pod runs before its spec is complete.
+            payload = memoryview(launch_spec(spec))
             while payload:
-                payload = payload[os.write(launcher.args_fd, payload) :]
+                payload = payload[os.write(launcher.spec_fd, payload) :]
         finally:
-            os.close(launcher.args_fd)
+            os.close(launcher.spec_fd)
         spawned = time.perf_counter()
         # Created once the pod is on its way: the output waits in the pipe meanwhile.
         sink = LogSink(self.log_path(pod), spec.log_bytes)
@@ -426,7 +418,7 @@ class Kubelet:
         sink.close()
         ended = time.perf_counter()
         outcome = self._outcome(
-            spec, host, cgroup, sink, exit_code, started_at, pod_reason, killed_by
+            spec, termination, cgroup, sink, exit_code, started_at, pod_reason, killed_by
         )
         log.debug(
             "pod %s: prepare %.1f ms, spawn %.1f ms, run %.1f ms, report %.1f ms",
@@ -453,7 +445,7 @@ class Kubelet:
     def _outcome(
         self,
         spec: SandboxSpec,
-        host: HostPaths,
+        termination: Path,
         cgroup: PodCgroup,
         sink: LogSink,
         exit_code: int,
@@ -461,7 +453,7 @@ class Kubelet:
         pod_reason: str,
         killed_by: int | None,
     ) -> Outcome:
-        message = read_capped(host.termination_file, podstatus.MESSAGE_BYTES)
+        message = read_capped(termination, podstatus.MESSAGE_BYTES)
         if not message and spec.fallback_to_logs and exit_code != 0:
             message = tail(sink.path, 2048)
         reason = ""

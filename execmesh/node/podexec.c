@@ -1,20 +1,29 @@
 /*
  * execmesh-podexec: the last step of a local pod's start, inside its sandbox.
  *
- *     execmesh-podexec UID GID GROUPS PROGRAM [ARG...]
- *     execmesh-podexec -f FILE        (the same fields, each NUL-terminated)
+ *     execmesh-podexec FD
  *
- * bubblewrap runs as root and builds the namespaces and mounts; this drops every privilege
- * (the bounding, ambient and inheritable capability sets, supplementary groups, the uids
- * and gids, then no_new_privs), confines the system calls as a container runtime's default
- * seccomp profile does, and executes the program, searching PATH. GROUPS is a
- * comma-separated list of gids, empty for none. It does what `setpriv --reuid --regid
- * --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs`
- * does, as one small static executable: setpriv and the shell that ran it were a tenth
- * of a print(1) pod's start. Built by scripts/setup.sh.
+ * bubblewrap runs as root and builds the namespaces and the mounts every pod has; it can do
+ * that ahead of time, before the node knows the pod (a parked launcher). This waits for the
+ * pod's launch spec on FD, read to its end: NUL-terminated fields, options then "--" then
+ * UID GID GROUPS PROGRAM [ARG...]. The options, applied in order, are the pod's part of the
+ * sandbox, as bubblewrap's own options would be:
  *
- * Exit status: 125 when the arguments are wrong or a privilege cannot be dropped (nothing
- * of the program ran), 126 when the program cannot be executed, 127 when it is not found.
+ *     --hostname NAME          --tmpfs PATH BYTES (mode 1777)
+ *     --ro-bind SOURCE PATH    --bind SOURCE PATH  (missing parents made 0755)
+ *     --umount PATH (and its directory removed)    --remount-ro PATH
+ *     --chdir DIR              --setenv NAME VALUE (the program's whole environment)
+ *     --fsize BYTES            (RLIMIT_FSIZE of the program)
+ *
+ * Then it drops every privilege (the bounding, ambient and inheritable capability sets,
+ * supplementary groups, the uids and gids, then no_new_privs), confines the system calls as a
+ * container runtime's default seccomp profile does, and executes the program, searching the
+ * PATH of its environment. GROUPS is a comma-separated list of gids, empty for none. As one
+ * small static executable it replaced setpriv and the shell that ran it, a tenth of a
+ * print(1) pod's start. Built by scripts/setup.sh.
+ *
+ * Exit status: 125 when the spec is wrong or a mount or a privilege drop fails (nothing of
+ * the program ran), 126 when the program cannot be executed, 127 when it is not found.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,11 +37,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum { MAX_FILE_BYTES = 1 << 20, MAX_FIELDS = 65536, MAX_GROUPS = 64 };
+enum { MAX_SPEC_BYTES = 1 << 20, MAX_FIELDS = 65536, MAX_GROUPS = 64 };
 
 static void die(int status, const char *format, ...) {
     va_list args;
@@ -53,35 +65,95 @@ static unsigned long parse_id(const char *text, const char *what) {
     return value;
 }
 
-/* The fields of FILE, each NUL-terminated, as a NULL-terminated array. */
-static char **read_fields(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        die(125, "%s: %s", path, strerror(errno));
-    char *data = malloc(MAX_FILE_BYTES + 1);
+/* The fields read from FD to its end, each NUL-terminated, as a NULL-terminated array. */
+static char **read_fields(int fd) {
+    char *data = malloc(MAX_SPEC_BYTES + 1);
     size_t size = 0;
     ssize_t got;
     if (!data)
         die(125, "out of memory");
-    while ((got = read(fd, data + size, MAX_FILE_BYTES + 1 - size)) > 0)
-        size += (size_t)got;
-    if (got < 0)
-        die(125, "%s: %s", path, strerror(errno));
-    if (size > MAX_FILE_BYTES)
-        die(125, "%s: over %d bytes", path, MAX_FILE_BYTES);
-    if (size == 0 || data[size - 1] != '\0')
-        die(125, "%s: the last field is not NUL-terminated", path);
+    while ((got = read(fd, data + size, MAX_SPEC_BYTES + 1 - size)) != 0) {
+        if (got < 0 && errno != EINTR)
+            die(125, "reading the launch spec: %s", strerror(errno));
+        if (got > 0 && (size += (size_t)got) > MAX_SPEC_BYTES)
+            die(125, "the launch spec is over %d bytes", MAX_SPEC_BYTES);
+    }
     close(fd);
+    if (size == 0)
+        die(125, "no launch spec: the pod was not started");
+    if (data[size - 1] != '\0')
+        die(125, "the launch spec's last field is not NUL-terminated");
     char **fields = calloc(MAX_FIELDS + 1, sizeof *fields);
     size_t count = 0;
     if (!fields)
         die(125, "out of memory");
     for (size_t at = 0; at < size; at += strlen(data + at) + 1) {
         if (count == MAX_FIELDS)
-            die(125, "%s: over %d fields", path, MAX_FIELDS);
+            die(125, "the launch spec is over %d fields", MAX_FIELDS);
         fields[count++] = data + at;
     }
     return fields;
+}
+
+/* The directories above PATH, made 0755 where missing (as bubblewrap's --dir would). */
+static void make_parents(const char *path) {
+    char *copy = strdup(path);
+    if (!copy)
+        die(125, "out of memory");
+    for (char *slash = strchr(copy + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        if (mkdir(copy, 0755) != 0 && errno != EEXIST)
+            die(125, "cannot make %s: %s", copy, strerror(errno));
+        *slash = '/';
+    }
+    free(copy);
+}
+
+/* A mount point at PATH of SOURCE's kind: a directory, or an empty file. */
+static void make_mount_point(const char *path, int directory) {
+    make_parents(path);
+    if (directory) {
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            die(125, "cannot make %s: %s", path, strerror(errno));
+        return;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    if (fd < 0 && errno != EISDIR)
+        die(125, "cannot make %s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static void mount_tmpfs(const char *path, const char *bytes) {
+    char options[64];
+    unsigned long size = parse_id(bytes, "tmpfs size");
+    snprintf(options, sizeof options, "mode=1777,size=%lu", size);
+    make_mount_point(path, 1);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
+        die(125, "cannot mount a tmpfs on %s: %s", path, strerror(errno));
+}
+
+static void bind(const char *source, const char *path, int read_only) {
+    struct stat info;
+    if (stat(source, &info) != 0)
+        die(125, "%s: %s", source, strerror(errno));
+    make_mount_point(path, S_ISDIR(info.st_mode));
+    if (mount(source, path, NULL, MS_BIND | MS_REC, NULL) != 0)
+        die(125, "cannot bind %s on %s: %s", source, path, strerror(errno));
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0);
+    if (mount("none", path, NULL, flags, NULL) != 0)
+        die(125, "cannot remount %s: %s", path, strerror(errno));
+}
+
+static void remount_read_only(const char *path) {
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV;
+    if (mount("none", path, NULL, flags, NULL) != 0)
+        die(125, "cannot remount %s read-only: %s", path, strerror(errno));
+}
+
+static void unmount(const char *path) {
+    if (umount2(path, MNT_DETACH) != 0 || rmdir(path) != 0)
+        die(125, "cannot remove the mount %s: %s", path, strerror(errno));
 }
 
 static size_t parse_groups(char *text, gid_t *groups) {
@@ -171,28 +243,120 @@ static void confine_syscalls(void) {
     seccomp_release(filter);
 }
 
+struct launch {
+    const char *hostname, *workdir;
+    char **env;
+    size_t env_count;
+    long long file_bytes; /* -1: no limit of its own */
+    char **program;       /* UID GID GROUPS PROGRAM [ARG...] */
+};
+
+/* What needs an argument is checked for one: fields[at + 1 .. at + count] exist. */
+static char **operands(char **fields, size_t at, size_t count) {
+    for (size_t i = 1; i <= count; i++)
+        if (!fields[at + i] || strcmp(fields[at + i], "--") == 0)
+            die(125, "%s needs %zu argument(s)", fields[at], count);
+    return fields + at + 1;
+}
+
+static int is_path(const char *text) {
+    return text[0] == '/';
+}
+
+/* Apply the mount options in order; keep the rest for after them. */
+static struct launch apply_options(char **fields) {
+    struct launch launch = {NULL, NULL, NULL, 0, -1, NULL};
+    size_t total = 0, at = 0;
+    while (fields[total])
+        total++;
+    launch.env = calloc(total + 1, sizeof *launch.env);
+    if (!launch.env)
+        die(125, "out of memory");
+    while (fields[at] && strcmp(fields[at], "--") != 0) {
+        const char *option = fields[at];
+        char **arg;
+        if (strcmp(option, "--tmpfs") == 0) {
+            arg = operands(fields, at, 2);
+            if (!is_path(arg[0]))
+                die(125, "--tmpfs: not an absolute path: \"%s\"", arg[0]);
+            mount_tmpfs(arg[0], arg[1]);
+            at += 3;
+        } else if (strcmp(option, "--ro-bind") == 0 || strcmp(option, "--bind") == 0) {
+            arg = operands(fields, at, 2);
+            if (!is_path(arg[0]) || !is_path(arg[1]))
+                die(125, "%s: not an absolute path", option);
+            bind(arg[0], arg[1], option[2] == 'r');
+            at += 3;
+        } else if (strcmp(option, "--umount") == 0 || strcmp(option, "--remount-ro") == 0) {
+            arg = operands(fields, at, 1);
+            if (!is_path(arg[0]))
+                die(125, "%s: not an absolute path: \"%s\"", option, arg[0]);
+            (option[2] == 'u' ? unmount : remount_read_only)(arg[0]);
+            at += 2;
+        } else if (strcmp(option, "--hostname") == 0) {
+            launch.hostname = operands(fields, at, 1)[0];
+            at += 2;
+        } else if (strcmp(option, "--chdir") == 0) {
+            launch.workdir = operands(fields, at, 1)[0];
+            at += 2;
+        } else if (strcmp(option, "--fsize") == 0) {
+            launch.file_bytes = (long long)parse_id(operands(fields, at, 1)[0], "file size");
+            at += 2;
+        } else if (strcmp(option, "--setenv") == 0) {
+            arg = operands(fields, at, 2);
+            if (!arg[0][0] || strchr(arg[0], '='))
+                die(125, "--setenv: bad name \"%s\"", arg[0]);
+            size_t length = strlen(arg[0]) + strlen(arg[1]) + 2;
+            char *entry = malloc(length);
+            if (!entry)
+                die(125, "out of memory");
+            snprintf(entry, length, "%s=%s", arg[0], arg[1]);
+            launch.env[launch.env_count++] = entry;
+            at += 3;
+        } else {
+            die(125, "unknown option \"%s\"", option);
+        }
+    }
+    if (!fields[at])
+        die(125, "the launch spec has no \"--\" before the program");
+    launch.program = fields + at + 1;
+    return launch;
+}
+
 int main(int argc, char **argv) {
-    char **fields = argv + 1;
-    if (argc == 3 && strcmp(argv[1], "-f") == 0)
-        fields = read_fields(argv[2]);
+    if (argc != 2)
+        die(125, "usage: execmesh-podexec FD (the launch spec, read to its end)");
+    char **fields = read_fields((int)parse_id(argv[1], "file descriptor"));
+    struct launch launch = apply_options(fields);
+    char **program = launch.program;
     size_t count = 0;
-    while (fields[count])
+    while (program[count])
         count++;
     if (count < 4)
-        die(125, "usage: execmesh-podexec UID GID GROUPS PROGRAM [ARG...] | -f FILE");
-    uid_t uid = (uid_t)parse_id(fields[0], "uid");
-    gid_t gid = (gid_t)parse_id(fields[1], "gid");
+        die(125, "the launch spec needs UID GID GROUPS PROGRAM after \"--\"");
+    uid_t uid = (uid_t)parse_id(program[0], "uid");
+    gid_t gid = (gid_t)parse_id(program[1], "gid");
     if (uid == 0 || gid == 0)
         die(125, "refusing to run a pod program as root");
     gid_t groups[MAX_GROUPS];
-    size_t group_count = parse_groups(fields[2], groups);
+    size_t group_count = parse_groups(program[2], groups);
     for (size_t i = 0; i < group_count; i++)
         if (groups[i] == 0)
             die(125, "refusing the root group");
+    if (launch.hostname && sethostname(launch.hostname, strlen(launch.hostname)) != 0)
+        die(125, "sethostname: %s", strerror(errno));
+    if (launch.workdir && chdir(launch.workdir) != 0)
+        die(125, "cannot change to %s: %s", launch.workdir, strerror(errno));
+    if (launch.file_bytes >= 0) {
+        struct rlimit limit = {(rlim_t)launch.file_bytes, (rlim_t)launch.file_bytes};
+        if (setrlimit(RLIMIT_FSIZE, &limit) != 0)
+            die(125, "cannot limit the file size: %s", strerror(errno));
+    }
     drop_privileges(uid, gid, groups, group_count);
     confine_syscalls();
-    execvp(fields[3], fields + 3);
+    environ = launch.env;
+    execvp(program[3], program + 3);
     int failure = errno;
-    fprintf(stderr, "execmesh-podexec: cannot execute %s: %s\n", fields[3], strerror(failure));
+    fprintf(stderr, "execmesh-podexec: cannot execute %s: %s\n", program[3], strerror(failure));
     return failure == ENOENT ? 127 : 126;
 }

@@ -4,9 +4,10 @@ The host's /usr (with the interpreters) stands in for the container image, read-
 pod sees nothing else of the host: no /root, /home, /work, no /etc beyond the few files
 libraries need, no /sys but its own cgroup, and no network but loopback. It runs as a
 non-root uid with no capabilities and no_new_privs, its system calls confined as by a
-container runtime's default seccomp profile; bubblewrap (root) builds the namespaces and
-mounts, then execmesh-podexec (podexec.c) drops every privilege, installs the seccomp
-filter and starts the program.
+container runtime's default seccomp profile. bubblewrap (root) builds the namespaces and the
+mounts every pod has, ahead of time; execmesh-podexec (podexec.c) waits inside for the pod's
+launch spec, adds the pod's own mounts, drops every privilege, installs the seccomp filter and
+starts the program.
 """
 
 from __future__ import annotations
@@ -241,12 +242,11 @@ def _configmap_files(
 
 @dataclass(frozen=True)
 class HostPaths:
-    """Where the node keeps one pod's files on the host, and the host's layout."""
+    """What a launcher's sandbox is built from on the host; nothing in it is a pod's."""
 
-    files_dir: Path  # holds the staged configmap files, by their in-sandbox path
-    termination_file: Path
+    slot_dir: Path  # the launcher's scratch, where the node stages its pod's files
     etc_dir: Path  # the node's prepared /etc, bound whole
-    cgroup_mounts: Mapping[str, Path]  # path in the sandbox -> the pod's cgroup directory
+    cgroup_mounts: Mapping[str, Path]  # path in the sandbox -> the launcher's cgroup directory
     root_links: Mapping[str, str]  # /bin -> usr/bin on merged-/usr hosts
     usr_local_keep: tuple[str, ...]
     podexec: Path  # the built execmesh-podexec, bound into the sandbox
@@ -255,14 +255,28 @@ class HostPaths:
     unshare_net: bool = True
 
 
-def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list[str]:
+PODEXEC = "/dev/.execmesh-podexec"
+SLOT = "/dev/.execmesh-slot"  # the slot directory, inside the sandbox until the pod starts
+STAGED_FILES = "files"  # the pod's ConfigMap files, under the slot, by their path inside
+TERMINATION_LOG = "termination-log"  # under the slot
+SPEC_FD = 3
+
+
+def sandbox_argv(host: HostPaths, spec_fd: int = SPEC_FD, bwrap: str = "bwrap") -> list[str]:
+    """The part of the sandbox that no pod changes, waiting in podexec for a launch spec.
+
+    bubblewrap builds it ahead of time, before the node knows the pod: the namespaces, the
+    image's mounts, /proc, /dev, the launcher's cgroups and the slot directory. The pod's own
+    part (its hostname, volumes, termination-log, environment, uid and program) arrives on
+    ``spec_fd`` (``launch_spec``), and execmesh-podexec applies it.
+    """
     # Not --as-pid-1, though faster: a pid 1 that is the program does not die with its
     # parent (the kernel shields a namespace's init from the parent-death signal), so
     # a crashed node would leave the pod running. bubblewrap's own init does die with it.
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid"]
     if host.unshare_net:
         argv.append("--unshare-net")
-    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--hostname", spec.hostname]
+    argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
     argv += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
     for name in host.usr_local_keep:
         argv += ["--ro-bind", f"/usr/local/{name}", f"/usr/local/{name}"]
@@ -274,19 +288,24 @@ def bwrap_argv(spec: SandboxSpec, host: HostPaths, bwrap: str = "bwrap") -> list
     made = {"/", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
     for target, directory in host.cgroup_mounts.items():
         argv += [*_parent_dirs(target, made), "--ro-bind", str(directory), target]
+    argv += ["--bind", str(host.slot_dir), SLOT, "--clearenv"]
+    return [*argv, "--", PODEXEC, str(spec_fd)]
+
+
+def launch_spec(spec: SandboxSpec) -> bytes:
+    """The pod's part of its sandbox, for execmesh-podexec: see podexec.c for the fields."""
+    fields = ["--hostname", spec.hostname]
     for mount in spec.tmpfs:
-        argv += _parent_dirs(mount.path, made)
-        argv += ["--perms", "1777", "--size", str(mount.size_bytes), "--tmpfs", mount.path]
-        made.add(mount.path)
+        fields += ["--tmpfs", mount.path, str(mount.size_bytes)]
     for file in spec.files:
-        source = str(host.files_dir / file.path.lstrip("/"))
-        argv += [*_parent_dirs(file.path, made), "--ro-bind", source, file.path]
-    argv += _parent_dirs(spec.termination_path, made)
-    argv += ["--bind", str(host.termination_file), spec.termination_path]
-    argv += ["--remount-ro", "/", "--chdir", spec.workdir, "--clearenv"]
+        fields += ["--ro-bind", f"{SLOT}/{STAGED_FILES}{file.path}", file.path]
+    fields += ["--bind", f"{SLOT}/{TERMINATION_LOG}", spec.termination_path]
+    # The slot goes before the program starts, and the root becomes read-only.
+    fields += ["--umount", SLOT, "--remount-ro", "/", "--chdir", spec.workdir]
+    fields += ["--fsize", str(spec.file_bytes)]
     for name, value in spec.env:
-        argv += ["--setenv", name, value]
-    return [*argv, "--", PODEXEC, *podexec_fields(spec)]
+        fields += ["--setenv", name, value]
+    return _nul_terminated([*fields, "--", *podexec_fields(spec)])
 
 
 def _parent_dirs(path: str, made: set[str]) -> list[str]:
@@ -319,73 +338,35 @@ DEV = [
 ]
 
 
-PODEXEC = "/dev/.execmesh-podexec"
-
-
 def podexec_fields(spec: SandboxSpec) -> list[str]:
-    """execmesh-podexec's arguments: who the program runs as, then the program."""
+    """Who the program runs as, then the program: the launch spec's fields after ``--``."""
     return [str(spec.uid), str(spec.gid), ",".join(map(str, spec.groups)), *spec.argv]
 
 
-# The wrapper joins the pod's cgroups and sets rlimits in the process that then becomes
+# The wrapper joins the launcher's cgroups and sets rlimits in the process that then becomes
 # bubblewrap, so that nothing of the pod ever runs outside its cgroups.
 WRAPPER = (
     'for f do [ "$f" = -- ] && break; echo $$ >"$f" || exit 125; shift; done; shift; '
-    'ulimit -c 0; ulimit -n "$NOFILE"; '
-    '[ -z "${FSIZE_BLOCKS-}" ] || ulimit -f "$FSIZE_BLOCKS"; exec "$@"'
+    'ulimit -c 0; ulimit -n "$NOFILE"; exec "$@"'
 )
 
 
-def launch_argv(spec: SandboxSpec, host: HostPaths, procs_files: Sequence[Path]) -> list[str]:
-    return ["/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--", *bwrap_argv(spec, host)]
+def parked_argv(
+    procs_files: Sequence[Path], host: HostPaths, spec_fd: int = SPEC_FD, bwrap: str = "bwrap"
+) -> list[str]:
+    """A launcher that joins its cgroups and builds its sandbox now, then waits for a pod.
 
-
-LAUNCH_FILE = "/dev/.execmesh-launch"
-
-
-def parked_argv(procs_files: Sequence[Path], bwrap: str = "bwrap") -> list[str]:
-    """A launcher that joins its cgroups now and waits, as bubblewrap, for its options.
-
-    Joining a cgroup v1 hierarchy can wait a whole RCU grace period (milliseconds); a
-    launcher parked ahead of time pays that off the pod's start. bubblewrap blocks reading
-    ``--args 3`` until the node writes the pod's options there; its command is fixed at
-    park time, so execmesh-podexec reads the pod's from a file the node writes per pod.
+    Joining a cgroup v1 hierarchy can wait a whole RCU grace period (milliseconds), and
+    bubblewrap's namespaces and mounts take several more: a launcher parked ahead of time
+    pays both off the pod's start, which then costs the write of its launch spec.
     """
-    command = [PODEXEC, "-f", LAUNCH_FILE]
-    return [
-        *("/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--"),
-        *(bwrap, "--args", "3", "--", *command),
-    ]
-
-
-def launch_file(spec: SandboxSpec) -> bytes:
-    """podexec_fields for ``execmesh-podexec -f``."""
-    return _nul_terminated(podexec_fields(spec))
+    wrapper = ["/bin/sh", "-c", WRAPPER, "sh", *map(str, procs_files), "--"]
+    return [*wrapper, *sandbox_argv(host, spec_fd, bwrap)]
 
 
 def parked_env(nofile: int) -> dict[str, str]:
-    # No file size limit here: it is the pod's own, set by the node with prlimit just
-    # before the start, and the shell must not overwrite it if it runs late.
     return {"PATH": "/usr/bin:/bin", "NOFILE": str(nofile)}
-
-
-def bwrap_args_payload(spec: SandboxSpec, host: HostPaths, launch: Path) -> bytes:
-    """bubblewrap's options (no command), NUL-terminated, for ``--args``."""
-    argv = bwrap_argv(spec, host)
-    options = argv[1 : argv.index("--")]
-    options[options.index("--remount-ro", options.index("--bind")) : 0] = [
-        *("--ro-bind", str(launch), LAUNCH_FILE)
-    ]
-    return _nul_terminated(options)
 
 
 def _nul_terminated(fields: Sequence[str]) -> bytes:
     return b"".join(field.encode() + b"\0" for field in fields)
-
-
-def launch_env(spec: SandboxSpec) -> dict[str, str]:
-    return {
-        "PATH": "/usr/bin:/bin",
-        "NOFILE": str(spec.nofile),
-        "FSIZE_BLOCKS": str(max(1, spec.file_bytes // 512)),
-    }

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 
+from execmesh.node.sandbox import SPEC_FD
+
 
 def spawn(
-    argv: list[str], env: dict[str, str], output_fd: int, args_fd: int | None = None
+    argv: list[str], env: dict[str, str], output_fd: int, spec_fd: int | None = None
 ) -> tuple[int, asyncio.Future[int]]:
-    """Start ``argv`` with stdout and stderr on ``output_fd`` (and ``args_fd`` as its fd 3).
+    """Start ``argv`` with stdout and stderr on ``output_fd`` (and ``spec_fd`` as its fd SPEC_FD).
 
     Returns the pid and a future of its exit code (128 + N when signal N killed it).
 
@@ -22,8 +24,8 @@ def spawn(
         (os.POSIX_SPAWN_DUP2, output_fd, 1),
         (os.POSIX_SPAWN_DUP2, output_fd, 2),
     ]
-    if args_fd is not None:
-        actions.append((os.POSIX_SPAWN_DUP2, args_fd, 3))
+    if spec_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, spec_fd, SPEC_FD))
     pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
     pidfd = os.pidfd_open(pid)
     exited: asyncio.Future[int] = loop.create_future()

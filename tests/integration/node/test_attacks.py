@@ -305,6 +305,27 @@ def test_new_namespaces_and_keyrings_are_refused_by_the_seccomp_filter(
     assert_nothing_left(pod, marker)
 
 
+def test_the_launchers_slot_is_gone_and_the_pod_sees_only_its_own_names(
+    core: client.CoreV1Api,
+) -> None:
+    """The sandbox was built before the pod was known: what is the pod's came after."""
+    script, marker = marked(
+        "hostname; pwd; ls -a /dev | tr '\\n' ' '; echo; "
+        "grep -c execmesh-slot /proc/self/mountinfo; env | sort | tr '\\n' ' '"
+    )
+    body = attack_pod(unique("names"), script, marker, tmp="8Mi")
+    body["spec"]["containers"][0]["workingDir"] = "/tmp"
+    pod, log = run_pod(core, body)
+    hostname, workdir, dev, slot_mounts, env = log.decode().split("\n")
+    assert pod.status.phase == "Succeeded", log
+    assert (hostname, workdir, slot_mounts) == (pod.metadata.name, "/tmp", "0")
+    assert ".execmesh-slot" not in dev.split() and "termination-log" in dev.split()
+    variables = dict(item.split("=", 1) for item in env.split())
+    assert set(variables) == {"PATH", "HOME", "HOSTNAME", "ATTACK_MARKER", "PWD"}  # PWD: sh
+    assert variables["HOSTNAME"] == pod.metadata.name
+    assert_nothing_left(pod, marker)
+
+
 def test_the_pod_inherits_no_file_descriptor_from_the_node(core: client.CoreV1Api) -> None:
     script, marker = marked(
         "exec python3 -c \"import os; print(sorted(os.listdir('/proc/self/fd')))\""

@@ -6,15 +6,18 @@ from typing import Any
 import pytest
 
 from execmesh.node.sandbox import (
+    DEFAULT_PATH,
     DEFAULT_UID,
     PODEXEC,
+    SLOT,
     HostPaths,
     MissingConfigMap,
     NodeLimits,
     PodRejected,
-    bwrap_argv,
-    launch_argv,
+    launch_spec,
+    parked_argv,
     podexec_fields,
+    sandbox_argv,
     sandbox_spec,
     validate,
 )
@@ -42,8 +45,7 @@ def pod(**container: Any) -> dict[str, Any]:
 
 
 HOST = HostPaths(
-    files_dir=Path("/data/run/u/files"),
-    termination_file=Path("/data/run/u/termination-log"),
+    slot_dir=Path("/data/run/slot-1"),
     etc_dir=Path("/data/etc"),
     cgroup_mounts={"/sys/fs/cgroup/memory": Path("/sys/fs/cgroup/memory/n/u")},
     root_links={"/bin": "usr/bin"},
@@ -176,34 +178,74 @@ def test_pods_the_node_cannot_run_safely_are_rejected_at_admission(change: Any) 
         validate(body)
 
 
+def fields(spec: bytes) -> list[str]:
+    split = spec.decode().split("\0")
+    assert split[-1] == ""  # every field NUL-terminated
+    return split[:-1]
+
+
 def test_the_sandbox_unshares_every_namespace_but_user_and_binds_only_the_image_parts() -> None:
-    body, configmaps = manifest_pod()
-    argv = bwrap_argv(sandbox_spec(body, configmaps, NodeLimits()), HOST)
+    argv = sandbox_argv(HOST)
     for flag in ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"):
         assert flag in argv
-    assert "--die-with-parent" in argv and "--new-session" in argv
+    assert "--die-with-parent" in argv and "--new-session" in argv and "--clearenv" in argv
     binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
-    staged = {source for source, _ in binds if source.startswith(f"{HOST.files_dir}/")}
-    assert {source for source, _ in binds} - staged == {
+    assert {source for source, _ in binds} == {
         "/usr",
         "/usr/local/go",
         "/data/etc",
         "/opt/execmesh-podexec",
         "/sys/fs/cgroup/memory/n/u",
-        str(HOST.termination_file),
+        "/data/run/slot-1",
     }
     writable = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--bind"]
-    assert writable == [(str(HOST.termination_file), "/dev/termination-log")]
-    assert argv[argv.index("--remount-ro", argv.index("--bind")) + 1] == "/"
-    tmp = argv.index("/tmp") - 5
-    assert argv[tmp : tmp + 5] == ["--perms", "1777", "--size", str(64 * MiB), "--tmpfs"]
+    assert writable == [("/data/run/slot-1", SLOT)]
+
+
+def test_nothing_of_a_pod_is_in_its_launchers_sandbox() -> None:
+    body, configmaps = manifest_pod()
+    spec = sandbox_spec(body, configmaps, NodeLimits())
+    argv = " ".join(sandbox_argv(HOST))
+    for text in (spec.hostname, spec.termination_path, "/tmp", *spec.argv, *dict(spec.env)):
+        assert text not in argv
+
+
+def test_the_pods_own_mounts_come_from_its_slot_and_the_root_ends_read_only() -> None:
+    body, configmaps = manifest_pod()
+    spec = sandbox_spec(body, configmaps, NodeLimits())
+    launch = fields(launch_spec(spec))
+    options = launch[: launch.index("--")]
+    binds = [(options[i + 1], options[i + 2]) for i, o in enumerate(options) if "bind" in o]
+    assert binds and all(source.startswith(f"{SLOT}/") for source, _ in binds)
+    assert {target for _, target in binds} == {f.path for f in spec.files} | {
+        "/dev/termination-log"
+    }
+    assert [o for o in options if o == "--bind"] == ["--bind"]  # only the termination-log
+    tmp = options.index("/tmp")
+    assert options[tmp - 1 : tmp + 2] == ["--tmpfs", "/tmp", str(64 * MiB)]
+    # The slot goes and the root turns read-only after the last mount, before the program.
+    last_mount = max(i for i, o in enumerate(options) if o in ("--tmpfs", "--ro-bind", "--bind"))
+    assert last_mount < options.index("--umount") < options.index("--remount-ro")
+    assert options[options.index("--umount") + 1] == SLOT
+    assert options[options.index("--remount-ro") + 1] == "/"
+    assert options[options.index("--hostname") + 1] == body["metadata"]["name"]
+    assert options[options.index("--fsize") + 1] == str(spec.file_bytes)
+
+
+def test_the_program_gets_only_the_pods_environment() -> None:
+    spec = sandbox_spec(pod(env=[{"name": "A", "value": "x y"}]), {}, NodeLimits())
+    options = fields(launch_spec(spec))
+    pairs = [(options[i + 1], options[i + 2]) for i, o in enumerate(options) if o == "--setenv"]
+    assert dict(pairs) == {"PATH": DEFAULT_PATH, "HOME": "/tmp", "HOSTNAME": "p", "A": "x y"}
 
 
 def test_privileges_are_dropped_by_podexec_before_the_program_starts() -> None:
-    argv = bwrap_argv(sandbox_spec(pod(), {}, NodeLimits()), HOST)
+    argv = sandbox_argv(HOST)
     bind = argv.index("/opt/execmesh-podexec")
     assert argv[bind - 1 : bind + 2] == ["--ro-bind", "/opt/execmesh-podexec", PODEXEC]
-    assert argv[argv.index("--") + 1 :] == [PODEXEC, "65532", "65532", "", "/bin/sh", "-c", "true"]
+    assert argv[argv.index("--") + 1 :] == [PODEXEC, "3"]
+    launch = fields(launch_spec(sandbox_spec(pod(), {}, NodeLimits())))
+    assert launch[launch.index("--") + 1 :] == ["65532", "65532", "", "/bin/sh", "-c", "true"]
 
 
 def test_the_fs_group_is_the_programs_only_supplementary_group() -> None:
@@ -215,32 +257,7 @@ def test_the_fs_group_is_the_programs_only_supplementary_group() -> None:
 
 def test_the_launcher_joins_every_cgroup_before_becoming_bubblewrap() -> None:
     procs = [Path("/cg/memory/u/cgroup.procs"), Path("/cg/pids/u/cgroup.procs")]
-    argv = launch_argv(sandbox_spec(pod(), {}, NodeLimits()), HOST, procs)
+    argv = parked_argv(procs, HOST)
     assert argv[:3] == ["/bin/sh", "-c", argv[2]]
     assert argv[4:7] == [str(procs[0]), str(procs[1]), "--"]
-    assert argv[7] == "bwrap"
-
-
-def test_a_parked_launcher_takes_the_pods_options_from_a_pipe_and_runs_a_fixed_script() -> None:
-    from execmesh.node.sandbox import (
-        LAUNCH_FILE,
-        bwrap_args_payload,
-        launch_file,
-        parked_argv,
-    )
-
-    spec = sandbox_spec(pod(command=["python3", "-c", "print('a b')"]), {}, NodeLimits())
-    argv = parked_argv([Path("/cg/pids/slot/cgroup.procs")])
-    assert argv[-7:] == ["bwrap", "--args", "3", "--", PODEXEC, "-f", LAUNCH_FILE]
-    options = bwrap_args_payload(spec, HOST, Path("/data/run/u/launch")).split(b"\0")
-    assert options[-1] == b""  # every option NUL-terminated
-    assert b"--" not in options and b"python3" not in options
-    bind = options.index(b"/data/run/u/launch")
-    assert options[bind - 1 : bind + 2] == [
-        b"--ro-bind",
-        b"/data/run/u/launch",
-        b"/dev/.execmesh-launch",
-    ]
-    assert bind < options.index(b"--remount-ro", options.index(b"--bind"))
-    fields = launch_file(spec).split(b"\0")
-    assert fields == [b"65532", b"65532", b"", b"python3", b"-c", b"print('a b')", b""]
+    assert argv[7:] == sandbox_argv(HOST)
