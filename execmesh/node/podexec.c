@@ -109,19 +109,16 @@ static void make_parents(const char *path) {
     free(copy);
 }
 
-/* A mount point at PATH of SOURCE's kind: a directory, or an empty file. */
+/* A mount point at PATH of SOURCE's kind, unless something is there: a directory, or an
+ * empty file. What exists is mounted over as it is, never opened. */
 static void make_mount_point(const char *path, int directory) {
-    make_parents(path);
-    if (directory) {
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            die(125, "cannot make %s: %s", path, strerror(errno));
+    struct stat info;
+    if (stat(path, &info) == 0)
         return;
-    }
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
-    if (fd < 0 && errno != EISDIR)
+    make_parents(path);
+    int made = directory ? mkdir(path, 0755) : mknod(path, S_IFREG | 0644, 0);
+    if (made != 0 && errno != EEXIST)
         die(125, "cannot make %s: %s", path, strerror(errno));
-    if (fd >= 0)
-        close(fd);
 }
 
 static void mount_tmpfs(const char *path, const char *bytes) {

@@ -242,6 +242,22 @@ def test_a_pod_waits_for_its_configmap_then_runs(core: client.CoreV1Api) -> None
     assert core.read_namespaced_pod_log(name, NAMESPACE) == "hi"
 
 
+def test_a_configmap_key_mounted_with_sub_path_covers_a_file_of_the_image(
+    core: client.CoreV1Api,
+) -> None:
+    name = unique("over")
+    core.create_namespaced_config_map(
+        NAMESPACE, {"metadata": {"name": name}, "data": {"hosts": "10.0.0.1 db\n"}}
+    )
+    body = shell_pod(name, "cat /etc/hosts; cat /etc/passwd | wc -l")
+    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
+    body["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "config", "mountPath": "/etc/hosts", "subPath": "hosts"}
+    )
+    pod, log = run_pod(core, body)
+    assert (pod.status.phase, log) == ("Succeeded", b"10.0.0.1 db\n3\n")
+
+
 def test_deleting_a_running_pod_kills_it_and_removes_the_object(core: client.CoreV1Api) -> None:
     name, marker = unique("victim"), uuid.uuid4().hex
     body = shell_pod(name, "trap '' TERM; sleep 600 & wait", env={"MARK": marker})
