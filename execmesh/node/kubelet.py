@@ -82,7 +82,6 @@ class Deleted(Exception):
 @dataclass(frozen=True)
 class _Launcher:
     name: str
-    pid: int
     exited: asyncio.Future[int]
     read_fd: int  # the pod's output
     spec_fd: int  # execmesh-podexec, in the built sandbox, reads the pod's launch spec here
@@ -320,14 +319,14 @@ class Kubelet:
         spec_read, spec_write = os.pipe2(os.O_CLOEXEC)
         try:
             if self._netns is None or network is None:
-                pid, exited = spawn(argv, env, write_fd, spec_read)
+                _, exited = spawn(argv, env, write_fd, spec_read)
             else:
                 with self._netns.entered(network):
-                    pid, exited = spawn(argv, env, write_fd, spec_read)
+                    _, exited = spawn(argv, env, write_fd, spec_read)
         finally:
             os.close(write_fd)
             os.close(spec_read)
-        return _Launcher(name, pid, exited, read_fd, spec_write, cgroup, network, slot_dir)
+        return _Launcher(name, exited, read_fd, spec_write, cgroup, network, slot_dir)
 
     def _take_launcher(self) -> _Launcher:
         while self._parked:
