@@ -137,14 +137,16 @@ setup_podexec() {  # the local node's privilege-dropping launcher, from its C so
   # Where the node looks for it (Settings.podexec_path: EXECMESH_PODEXEC or its default).
   bin=$("$VENV/bin/python" -c 'from execmesh.settings import Settings; print(Settings.from_env().podexec_path)')
   local build=(gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp" "$source" -lseccomp)
-  # The command is part of the fingerprint: a new flag or library rebuilds it too.
+  # The command is part of the fingerprint: a new flag or library rebuilds it too. So is
+  # the binary itself, so that one replaced by hand is built again.
   want=$(fingerprint "$source" <(echo "${build[*]}"))
-  [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want" ] && return 0
+  [ -x "$bin" ] && [ "$(cat "$bin.fingerprint" 2>/dev/null)" = "$want $(fingerprint "$bin")" ] &&
+    return 0
   say "building $bin"
   mkdir -p "$(dirname "$bin")"
   quietly podexec "${build[@]}"
   mv "$bin.tmp" "$bin"
-  echo "$want" >"$bin.fingerprint"
+  echo "$want $(fingerprint "$bin")" >"$bin.fingerprint"
 }
 
 setup_packages
