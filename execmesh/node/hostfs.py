@@ -16,7 +16,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from execmesh.node.sandbox import STAGED_FILES, TERMINATION_LOG, HostPaths, SandboxSpec
+from execmesh.node.sandbox import (
+    STAGED_FILES,
+    TERMINATION_LOG,
+    HostPaths,
+    PodRejected,
+    SandboxSpec,
+)
 
 # /etc files that the C library and the interpreters read; nothing secret.
 ETC_FILES = (
@@ -134,7 +140,10 @@ def stage_pod(spec: SandboxSpec, slot_dir: Path) -> Path:
     """Write the pod's ConfigMap files and an empty termination-log it may write; its path."""
     files_dir = slot_dir / STAGED_FILES
     for file in spec.files:
-        target = files_dir / file.path.lstrip("/")
+        target = Path(os.path.normpath(files_dir / file.path.lstrip("/")))
+        # Admission allows only absolute mount paths; this write runs as the node's user.
+        if target == files_dir or not target.is_relative_to(files_dir):
+            raise PodRejected(f"{file.path!r} is no path inside the pod")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(file.content)
         target.chmod(file.mode & 0o777)

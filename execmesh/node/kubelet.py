@@ -281,12 +281,17 @@ class Kubelet:
         handle.executing = True
         launcher = self._take_launcher()
         cgroup, run_dir = launcher.cgroup, launcher.slot_dir
-        self._cgroups.apply(cgroup, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids))
-        self.store.save_run(
-            uid, {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
-        )
-        self.store.drop_run(launcher.name)
-        termination = stage_pod(spec, run_dir)
+        try:
+            self._cgroups.apply(cgroup, Limits(spec.memory_bytes, spec.cpu_millicores, spec.pids))
+            runs = {"cgroups": {c: str(p) for c, p in cgroup.dirs.items()}, "run_dir": str(run_dir)}
+            self.store.save_run(uid, runs)
+            self.store.drop_run(launcher.name)
+            termination = stage_pod(spec, run_dir)
+        except BaseException:
+            # Its bubblewrap would wait for a spec forever, holding a network namespace.
+            self._discard(launcher)
+            self.store.drop_run(uid)
+            raise
         try:
             outcome = await self._supervise(pod, spec, termination, launcher, expires, handle)
             self._finish_if_present(pod, outcome)

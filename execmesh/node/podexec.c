@@ -65,6 +65,16 @@ static unsigned long parse_id(const char *text, const char *what) {
     return value;
 }
 
+/* A byte count: a tmpfs size or a file-size limit, which may pass 4 GiB. */
+static long long parse_size(const char *text, const char *what) {
+    char *end;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || value > LLONG_MAX)
+        die(125, "bad %s: \"%s\"", what, text);
+    return (long long)value;
+}
+
 /* The fields read from FD to its end, each NUL-terminated, as a NULL-terminated array. */
 static char **read_fields(int fd) {
     char *data = malloc(MAX_SPEC_BYTES + 1);
@@ -123,8 +133,8 @@ static void make_mount_point(const char *path, int directory) {
 
 static void mount_tmpfs(const char *path, const char *bytes) {
     char options[64];
-    unsigned long size = parse_id(bytes, "tmpfs size");
-    snprintf(options, sizeof options, "mode=1777,size=%lu", size);
+    long long size = parse_size(bytes, "tmpfs size");
+    snprintf(options, sizeof options, "mode=1777,size=%lld", size);
     make_mount_point(path, 1);
     if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
         die(125, "cannot mount a tmpfs on %s: %s", path, strerror(errno));
@@ -248,10 +258,11 @@ struct launch {
     char **program;       /* UID GID GROUPS PROGRAM [ARG...] */
 };
 
-/* What needs an argument is checked for one: fields[at + 1 .. at + count] exist. */
+/* What needs an argument is checked for one: fields[at + 1 .. at + count] exist. Every
+ * option takes a fixed count, so an operand may be anything, "--" included (an env value). */
 static char **operands(char **fields, size_t at, size_t count) {
     for (size_t i = 1; i <= count; i++)
-        if (!fields[at + i] || strcmp(fields[at + i], "--") == 0)
+        if (!fields[at + i])
             die(125, "%s needs %zu argument(s)", fields[at], count);
     return fields + at + 1;
 }
@@ -297,7 +308,7 @@ static struct launch apply_options(char **fields) {
             launch.workdir = operands(fields, at, 1)[0];
             at += 2;
         } else if (strcmp(option, "--fsize") == 0) {
-            launch.file_bytes = (long long)parse_id(operands(fields, at, 1)[0], "file size");
+            launch.file_bytes = parse_size(operands(fields, at, 1)[0], "file size");
             at += 2;
         } else if (strcmp(option, "--setenv") == 0) {
             arg = operands(fields, at, 2);

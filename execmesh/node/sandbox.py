@@ -140,6 +140,34 @@ def validate(pod: Obj) -> None:
             _quantity(((container.get("resources") or {}).get("limits") or {}).get(name))
         except (ValueError, ArithmeticError) as exc:
             raise PodRejected(f"invalid {name} limit: {exc}") from None
+    _validate_paths(container)
+
+
+def _validate_paths(container: Obj) -> None:
+    # The node stages mounted files under the pod's slot on the host by their mountPath:
+    # a relative one would write outside it, as the node's own (root) user.
+    for field_name in ("workingDir", "terminationMessagePath"):
+        value = container.get(field_name)
+        if value is not None and not _is_absolute(value):
+            raise PodRejected(f"{field_name} must be an absolute path, not {value!r}")
+    seen: set[str] = set()
+    for mount in container.get("volumeMounts") or []:
+        path = mount.get("mountPath")
+        if not _is_absolute(path):
+            raise PodRejected(f"mountPath must be an absolute path, not {path!r}")
+        normal = posixpath.normpath(path)
+        if normal in seen:
+            raise PodRejected(f"mountPath {path!r} is used twice")
+        seen.add(normal)
+        sub_path = mount.get("subPath")
+        if sub_path is not None and (
+            not isinstance(sub_path, str) or sub_path.startswith("/") or ".." in sub_path.split("/")
+        ):
+            raise PodRejected(f"subPath must be a relative path within its volume: {sub_path!r}")
+
+
+def _is_absolute(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith("/")
 
 
 def sandbox_spec(pod: Obj, configmaps: Mapping[str, Obj], node: NodeLimits) -> SandboxSpec:

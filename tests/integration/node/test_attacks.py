@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from node_harness import (
     NAMESPACE,
     Node,
@@ -303,6 +304,27 @@ def test_new_namespaces_and_keyrings_are_refused_by_the_seccomp_filter(
         "thread": "0",
     }, lines
     assert_nothing_left(pod, marker)
+
+
+def test_a_mount_path_that_climbs_out_of_the_pod_is_refused_and_writes_nothing(
+    core: client.CoreV1Api,
+) -> None:
+    """The node stages mounted files on the host, as root, by their mountPath."""
+    target = Path("/tmp") / f"escaped-{uuid.uuid4().hex}"
+    name = unique("climb")
+    core.create_namespaced_config_map(
+        NAMESPACE, {"metadata": {"name": name}, "data": {"k": "#!/bin/sh\n"}}
+    )
+    body = shell_pod(name, "true")
+    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
+    body["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "config", "mountPath": "../" * 12 + str(target).lstrip("/"), "subPath": "k"}
+    )
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(NAMESPACE, body)
+    assert refused.value.status == 422 and "mountPath" in refused.value.body
+    time.sleep(0.5)
+    assert not target.exists()
 
 
 def test_the_launchers_slot_is_gone_and_the_pod_sees_only_its_own_names(

@@ -258,6 +258,22 @@ def test_a_configmap_key_mounted_with_sub_path_covers_a_file_of_the_image(
     assert (pod.status.phase, log) == ("Succeeded", b"10.0.0.1 db\n3\n")
 
 
+def test_values_reach_the_program_as_they_are_and_large_volumes_mount(
+    core: client.CoreV1Api,
+) -> None:
+    """podexec reads a fixed number of fields per option: "--" is a value like any other."""
+    body = shell_pod(
+        unique("values"), 'echo "$DASHES"; df -k /big | tail -n 1', env={"DASHES": "--"}
+    )
+    body["spec"]["volumes"].append({"name": "big", "emptyDir": {"sizeLimit": "5Gi"}})
+    body["spec"]["containers"][0]["volumeMounts"].append({"name": "big", "mountPath": "/big"})
+    pod, log = run_pod(core, body)
+    assert pod.status.phase == "Succeeded", log
+    dashes, usage = log.decode().splitlines()
+    assert dashes == "--"
+    assert int(usage.split()[1]) == 5 * 1024 * 1024  # 1K blocks
+
+
 def test_deleting_a_running_pod_kills_it_and_removes_the_object(core: client.CoreV1Api) -> None:
     name, marker = unique("victim"), uuid.uuid4().hex
     body = shell_pod(name, "trap '' TERM; sleep 600 & wait", env={"MARK": marker})
@@ -328,6 +344,36 @@ def test_pods_deleted_as_soon_as_they_finish_leave_nothing_behind(
         assert time.monotonic() < deadline, "descriptors or scratch files left behind"
         time.sleep(0.1)
     assert not [p for p in (node.data_dir / "logs").iterdir() if "churn" in p.name]
+
+
+def test_a_pod_whose_files_cannot_be_placed_fails_and_frees_its_launcher(
+    node: Node, core: client.CoreV1Api
+) -> None:
+    assert node.process is not None
+    descriptors = Path(f"/proc/{node.process.pid}/fd")
+    name = unique("nested")
+    core.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": name}, "data": {"k": "v"}})
+    run_pod(core, shell_pod(unique("warm"), "true"))
+    time.sleep(0.5)
+    before = len(list(descriptors.iterdir()))
+    # A file mounted at /cfg/x, then a volume under /cfg/x: no runtime can place both.
+    body = shell_pod(name, "true")
+    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
+    body["spec"]["containers"][0]["volumeMounts"] += [
+        {"name": "config", "mountPath": "/cfg/x", "subPath": "k"},
+        {"name": "config", "mountPath": "/cfg/x/y"},
+    ]
+    for _ in range(3):
+        body["metadata"]["name"] = unique("nested")
+        pod, _ = run_pod(core, body)
+        assert (pod.status.phase, pod.status.reason) == ("Failed", "NodeError")
+        assert terminated(pod).reason == "StartError"
+    deadline = time.monotonic() + 10
+    while len(list(descriptors.iterdir())) > before or (
+        len(list(scratch_root(node.data_dir).iterdir())) > PARKED_LAUNCHERS
+    ):
+        assert time.monotonic() < deadline, "a launcher of a pod that never started is left"
+        time.sleep(0.1)
 
 
 def test_a_second_node_on_the_same_data_dir_refuses_to_start(node: Node) -> None:

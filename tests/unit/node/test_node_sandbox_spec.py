@@ -149,6 +149,21 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         lambda p: p["spec"]["containers"][0].update(args=["a\0--bind", "/", "/host"]),
         lambda p: p["spec"]["containers"][0].update(env=[{"name": "A", "value": "\0--bind"}]),
         lambda p: p["spec"]["containers"][0].update(workingDir="/tmp\0"),
+        # Mounted files are staged on the host by their mountPath.
+        lambda p: p["spec"]["containers"][0].update(
+            volumeMounts=[{"name": "v", "mountPath": "../../../etc/cron.d/x"}]
+        ),
+        lambda p: p["spec"]["containers"][0].update(
+            volumeMounts=[{"name": "v", "mountPath": "/x"}, {"name": "w", "mountPath": "/x/"}]
+        ),
+        lambda p: p["spec"]["containers"][0].update(
+            volumeMounts=[{"name": "v", "mountPath": "/x", "subPath": "../k"}]
+        ),
+        lambda p: p["spec"]["containers"][0].update(
+            volumeMounts=[{"name": "v", "mountPath": "/x", "subPath": "/k"}]
+        ),
+        lambda p: p["spec"]["containers"][0].update(workingDir="tmp"),
+        lambda p: p["spec"]["containers"][0].update(terminationMessagePath="termination-log"),
         lambda p: p["spec"].update(securityContext={"seccompProfile": {"type": "Unconfined"}}),
         lambda p: p["spec"]["containers"][0].update(
             securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "x"}}
@@ -167,6 +182,12 @@ def test_an_item_path_cannot_leave_its_volume() -> None:
         "nul-in-args",
         "nul-in-env",
         "nul-in-working-dir",
+        "relative-mount-path",
+        "mount-path-twice",
+        "sub-path-up",
+        "absolute-sub-path",
+        "relative-working-dir",
+        "relative-termination-path",
         "unconfined-seccomp",
         "localhost-seccomp",
     ],
