@@ -3,6 +3,8 @@
 Under ``/api/v1``: executions (submit, batch, read, list, cancel, events, output), runtimes,
 the admin queue state and the OpenAPI document; ``/health/*`` for probes; ``POST /`` is where
 the ``api`` Trigger delivers the lifecycle events that feed the live streams.
+``EXECMESH_API_SERVES`` picks a part: ``public`` (``/api/v1``) or ``events`` (``POST /``) for
+the two Knative Services of api/deploy/service.yaml, ``all`` (the default) on one machine.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 V1 = "/api/v1"
 
-ROUTES = [
+HEALTH_ROUTES = [
+    Route("/health/liveness", system.liveness, methods=["GET"]),
+    Route("/health/readiness", system.readiness, methods=["GET"]),
+]
+PUBLIC_ROUTES = [
     Route(f"{V1}/executions", executions.executions_root, methods=["GET", "POST"]),
     Route(f"{V1}/executions/batch", executions.submit_batch, methods=["POST"]),
     Route(f"{V1}/executions/{{execution_id}}", executions.get_execution, methods=["GET"]),
@@ -39,10 +45,14 @@ ROUTES = [
     Route(f"{V1}/runtimes", system.runtimes, methods=["GET"]),
     Route(f"{V1}/admin/queue", executions.queue_state, methods=["GET"]),
     Route(f"{V1}/openapi.json", system.openapi, methods=["GET"]),
-    Route("/health/liveness", system.liveness, methods=["GET"]),
-    Route("/health/readiness", system.readiness, methods=["GET"]),
-    Route("/", system.receive_event, methods=["POST"]),
 ]
+# Events carry no credentials: on a cluster only a cluster-local Service may serve this.
+EVENT_ROUTES = [Route("/", system.receive_event, methods=["POST"])]
+ROUTES_OF = {
+    "all": PUBLIC_ROUTES + EVENT_ROUTES + HEALTH_ROUTES,
+    "public": PUBLIC_ROUTES + HEALTH_ROUTES,
+    "events": EVENT_ROUTES + HEALTH_ROUTES,
+}
 
 
 def create_app(
@@ -60,7 +70,8 @@ def create_app(
         # Probing the interpreters takes a moment: not on the first request's time.
         await anyio.to_thread.run_sync(gateway.runtimes)
         async with anyio.create_task_group() as tasks:
-            if run_outbox:
+            # The outbox publishes submissions: the work of whoever takes them.
+            if run_outbox and settings.api_serves != "events":
                 tasks.start_soon(gateway.outbox.run)
             try:
                 yield {"gateway": gateway}
@@ -69,7 +80,7 @@ def create_app(
                 await gateway.aclose()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=ROUTES_OF[settings.api_serves],
         lifespan=lifespan,
         exception_handlers={
             problems.Problem: problems.on_problem,

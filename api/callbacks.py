@@ -30,6 +30,9 @@ SIGNATURE_HEADER = "X-Execmesh-Signature"
 ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 0.5
 MARKER_SECONDS = 86400
+# One attempt, connection to status line: the client's own timeouts bound each read only, so
+# a receiver trickling its answer would otherwise hold the delivery forever.
+ATTEMPT_SECONDS = 10.0
 
 
 def signature(secret: str, body: bytes, at: int) -> str:
@@ -53,9 +56,11 @@ class Callbacks:
         policy: CallbackPolicy | None = None,
         http: httpx.AsyncClient | None = None,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
+        attempt_seconds: float = ATTEMPT_SECONDS,
     ) -> None:
         self.redis = client
         self.secret = secret
+        self.attempt_seconds = attempt_seconds
         self.policy = policy or CallbackPolicy()
         self.http = http or new_http_client()
         self.first_backoff = first_backoff
@@ -92,14 +97,16 @@ class Callbacks:
         headers = {**request.headers, "Content-Type": "application/json"}
         if self.secret:
             headers[SIGNATURE_HEADER] = signature(self.secret, content, int(time.time()))
+        outgoing = self.http.build_request(
+            "POST", request.url, content=content, headers=headers, extensions=request.extensions
+        )
         try:
-            response = await self.http.post(
-                request.url,
-                content=content,
-                headers=headers,
-                extensions=request.extensions,
-                follow_redirects=False,
-            )
+            with anyio.fail_after(self.attempt_seconds):
+                # Only the status matters: the answer's body is never read, whatever its size.
+                response = await self.http.send(outgoing, stream=True, follow_redirects=False)
+                await response.aclose()
+        except TimeoutError:
+            return f"no answer within {self.attempt_seconds:g} s"
         except httpx.HTTPError as error:
             return repr(error)
         return None if response.is_success else f"answered {response.status_code}"

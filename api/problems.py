@@ -93,9 +93,8 @@ async def on_http_exception(request: Request, error: Exception) -> Response:
 async def on_execmesh_error(request: Request, error: Exception) -> Response:
     if isinstance(error, TransientError):
         logger.warning("%s %s: %s", request.method, request.url.path, error)
-        problem = Problem(
-            503, f"a dependency is unavailable, try again: {error}", code="unavailable"
-        )
+        # The cause names internal hosts and ports: it goes to the log, not to the caller.
+        problem = Problem(503, "a dependency is unavailable, try again", code="unavailable")
         problem.headers["Retry-After"] = "1"
     elif isinstance(error, PermanentError):
         problem = Problem(422, str(error), code="invalid")

@@ -28,7 +28,8 @@ from execmesh.events import ExecutionRequested, ExecutionSpec, Limits
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+    # RecursionError: nesting deeper than the parser goes, which no request needs.
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise Problem(400, f"the body is not valid JSON: {error}", code="malformed_json") from None
 
 

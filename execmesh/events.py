@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 # DNS-1123 friendly so the id can name pods, configmaps and Kafka keys as it is.
 ExecutionId = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
 UserId = Annotated[str, Field(min_length=1, max_length=128)]
+# Why something was refused or ended: a sentence or a few, never a document.
+Reason = Annotated[str, Field(max_length=4096)]
 # Events must stay well under the 64 KiB CloudEvents intermediaries are required to carry.
 MAX_SCRIPT_BYTES = 32 * 1024
 MAX_STDIN_BYTES = 16 * 1024
@@ -140,19 +142,19 @@ class ExecutionAccepted(ExecutionPayload):
 class ExecutionRejected(ExecutionPayload):
     TYPE = "io.execmesh.execution.rejected"
     user_id: UserId
-    code: str
-    reason: str
+    code: str = Field(max_length=64)
+    reason: Reason
 
 
 class ExecutionCancelRequested(ExecutionPayload):
     TYPE = "io.execmesh.execution.cancel_requested"
     requested_by: UserId | None = None
-    reason: str = "cancelled by user"
+    reason: Reason = "cancelled by user"
 
 
 class ExecutionCancelled(ExecutionPayload):
     TYPE = "io.execmesh.execution.cancelled"
-    reason: str
+    reason: Reason
 
 
 class PodCreateRequested(ExecutionPayload):

@@ -16,6 +16,9 @@ import yaml
 
 from execmesh.errors import ConfigError
 
+# What the API process serves: both; the keyed /api/v1 routes; the lifecycle event receiver.
+API_ROLES = ("all", "public", "events")
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,6 +76,9 @@ class Settings:
     api_callback_secret: str = ""
     # Networks callbacks may reach besides public addresses (the local mesh allows loopback).
     api_callback_allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Which routes the API process serves (API_ROLES): on a cluster the public Service serves
+    # /api/v1 and a cluster-local one the lifecycle events, which carry no credentials.
+    api_serves: str = "all"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -145,10 +151,20 @@ class Settings:
                 "EXECMESH_API_CALLBACK_ALLOWED_NETWORKS",
                 env.get("EXECMESH_API_CALLBACK_ALLOWED_NETWORKS", ""),
             ),
+            api_serves=one_of("EXECMESH_API_SERVES", env.get("EXECMESH_API_SERVES"), API_ROLES),
         )
 
     def local_config(self) -> LocalConfig:
         return LocalConfig.load(self.local_config_path)
+
+
+def one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str:
+    """``value``, which must be one of ``choices``; the first when unset."""
+    if value is None or value == "":
+        return choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def networks(name: str, value: str) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -91,7 +91,8 @@ def _from_binary(headers: Mapping[str, str], content_type: str, body: bytes) -> 
 def _from_structured(body: bytes) -> Event:
     try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    # RecursionError: nesting deeper than the parser goes, which no event needs.
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise InvalidEvent(f"structured event is not valid JSON: {error}") from None
     if not isinstance(envelope, dict):
         raise InvalidEvent("structured event must be a JSON object")

@@ -73,6 +73,23 @@ def test_a_script_over_the_inline_limit_is_refused() -> None:
         parse_payload(REQUESTED.TYPE, data)
 
 
+@pytest.mark.parametrize(
+    "ce_type",
+    [
+        "io.execmesh.execution.cancelled",
+        "io.execmesh.execution.cancel_requested",
+        "io.execmesh.execution.rejected",
+    ],
+)
+def test_a_reason_is_a_sentence_not_a_document(ce_type: str) -> None:
+    data = {"execution_id": "abc123", "user_id": "alice", "code": "invalid", "reason": "x"}
+    if ce_type != "io.execmesh.execution.rejected":
+        data = {"execution_id": "abc123", "reason": "x"}
+    parse_payload(ce_type, data)
+    with pytest.raises(InvalidEvent, match="reason"):
+        parse_payload(ce_type, {**data, "reason": "x" * 4097})
+
+
 def test_terminal_types_include_a_non_zero_exit_as_completed() -> None:
     completed = ExecutionCompleted(execution_id="abc", exit_code=3)
     assert completed.TYPE in TERMINAL_EXECUTION_TYPES

@@ -57,7 +57,10 @@ class Api:
 
 
 @pytest.fixture
-def api(mongo_database: Database[dict[str, Any]], settings: Settings) -> Iterator[Api]:
+def api(
+    request: pytest.FixtureRequest, mongo_database: Database[dict[str, Any]], settings: Settings
+) -> Iterator[Api]:
+    """The whole API; ``indirect`` parametrization picks a part (``EXECMESH_API_SERVES``)."""
     redis_url = settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     test_settings = dataclasses.replace(
@@ -71,6 +74,7 @@ def api(mongo_database: Database[dict[str, Any]], settings: Settings) -> Iterato
         api_callback_secret="s3cret",
         # The receivers of the callback tests listen on this machine.
         api_callback_allowed_networks=(ip_network("127.0.0.0/8"),),
+        api_serves=getattr(request, "param", "all"),
     )
     broker = FakeBroker()
     made: list[Gateway] = []

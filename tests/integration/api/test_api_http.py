@@ -241,6 +241,7 @@ def test_with_mongodb_unreachable_a_submission_is_503_never_202(api: Api) -> Non
     api.gateway.records.records = dead["x"]["api_requests"]  # type: ignore[assignment]
     answer = api.client.post(SUBMIT, json=HELLO, headers=api.auth(api.key("alice")))
     assert answer.status_code == 503 and answer.headers["content-type"] == PROBLEM
+    assert "127.0.0.1" not in answer.text and ":9" not in answer.text  # no internal address
     assert api.broker.sent == []
 
 

@@ -82,6 +82,9 @@ def test_what_the_coordinator_would_reject_is_a_422_naming_the_cap(
 def test_malformed_json_is_a_400_and_an_unknown_field_a_422() -> None:
     with pytest.raises(Problem) as malformed:
         parse_json(b"{")
+    with pytest.raises(Problem) as too_deep:
+        parse_json(b"[" * 100_000)
+    assert too_deep.value.status == 400
     with pytest.raises(Problem) as unknown:
         parse_body({"language": "python", "script": "", "colour": "red"})
     assert malformed.value.status == 400 and unknown.value.status == 422

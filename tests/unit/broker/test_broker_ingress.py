@@ -85,6 +85,7 @@ def test_a_valid_structured_event_is_stored() -> None:
         ({k: v for k, v in HEADERS.items() if k != "ce-specversion"}, b"{}"),
         ({**HEADERS, "ce-specversion": "0.3"}, b"{}"),
         ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "id"'),
+        ({"content-type": "application/cloudevents+json"}, b"[" * 100_000),
         ({"content-type": "application/xml"}, b"<event/>"),
     ],
 )
