@@ -81,6 +81,14 @@ def shell_pod(
     }
 
 
+def with_config(body: dict[str, Any], configmap: str, *mounts: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with the ConfigMap ``configmap`` as its volume "config", mounted as ``mounts``
+    say (each a volumeMount without its name)."""
+    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": configmap}})
+    body["spec"]["containers"][0]["volumeMounts"] += [{"name": "config", **m} for m in mounts]
+    return body
+
+
 def wait_terminal(core: client.CoreV1Api, name: str, timeout: float = 60) -> client.V1Pod:
     """Watch one pod until Succeeded or Failed, from the version it was last seen at."""
     pod = core.read_namespaced_pod(name, NAMESPACE)

@@ -28,6 +28,7 @@ from node_harness import (
     shell_pod,
     terminated,
     unique,
+    with_config,
 )
 
 from execmesh.node.cgroups import own_cgroups
@@ -315,11 +316,8 @@ def test_a_mount_path_that_climbs_out_of_the_pod_is_refused_and_writes_nothing(
     core.create_namespaced_config_map(
         NAMESPACE, {"metadata": {"name": name}, "data": {"k": "#!/bin/sh\n"}}
     )
-    body = shell_pod(name, "true")
-    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
-    body["spec"]["containers"][0]["volumeMounts"].append(
-        {"name": "config", "mountPath": "../" * 12 + str(target).lstrip("/"), "subPath": "k"}
-    )
+    climbing = "../" * 12 + str(target).lstrip("/")
+    body = with_config(shell_pod(name, "true"), name, {"mountPath": climbing, "subPath": "k"})
     with pytest.raises(ApiException) as refused:
         core.create_namespaced_pod(NAMESPACE, body)
     assert refused.value.status == 422 and "mountPath" in refused.value.body

@@ -25,6 +25,7 @@ from node_harness import (
     terminated,
     unique,
     wait_terminal,
+    with_config,
 )
 
 from execmesh.node.hostfs import scratch_root
@@ -225,10 +226,8 @@ def test_an_image_that_is_not_installed_waits_in_err_image_pull(core: client.Cor
 
 def test_a_pod_waits_for_its_configmap_then_runs(core: client.CoreV1Api) -> None:
     name = unique("late")
-    body = shell_pod(name, "cat /config/greeting")
-    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
-    body["spec"]["containers"][0]["volumeMounts"].append(
-        {"name": "config", "mountPath": "/config", "readOnly": True}
+    body = with_config(
+        shell_pod(name, "cat /config/greeting"), name, {"mountPath": "/config", "readOnly": True}
     )
     core.create_namespaced_pod(NAMESPACE, body)
     time.sleep(0.5)
@@ -249,10 +248,9 @@ def test_a_configmap_key_mounted_with_sub_path_covers_a_file_of_the_image(
     core.create_namespaced_config_map(
         NAMESPACE, {"metadata": {"name": name}, "data": {"hosts": "10.0.0.1 db\n"}}
     )
-    body = shell_pod(name, "cat /etc/hosts; cat /etc/passwd | wc -l")
-    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
-    body["spec"]["containers"][0]["volumeMounts"].append(
-        {"name": "config", "mountPath": "/etc/hosts", "subPath": "hosts"}
+    script = "cat /etc/hosts; cat /etc/passwd | wc -l"
+    body = with_config(
+        shell_pod(name, script), name, {"mountPath": "/etc/hosts", "subPath": "hosts"}
     )
     pod, log = run_pod(core, body)
     assert (pod.status.phase, log) == ("Succeeded", b"10.0.0.1 db\n3\n")
@@ -357,12 +355,12 @@ def test_a_pod_whose_files_cannot_be_placed_fails_and_frees_its_launcher(
     time.sleep(0.5)
     before = len(list(descriptors.iterdir()))
     # A file mounted at /cfg/x, then a volume under /cfg/x: no runtime can place both.
-    body = shell_pod(name, "true")
-    body["spec"]["volumes"].append({"name": "config", "configMap": {"name": name}})
-    body["spec"]["containers"][0]["volumeMounts"] += [
-        {"name": "config", "mountPath": "/cfg/x", "subPath": "k"},
-        {"name": "config", "mountPath": "/cfg/x/y"},
-    ]
+    body = with_config(
+        shell_pod(name, "true"),
+        name,
+        {"mountPath": "/cfg/x", "subPath": "k"},
+        {"mountPath": "/cfg/x/y"},
+    )
     for _ in range(3):
         body["metadata"]["name"] = unique("nested")
         pod, _ = run_pod(core, body)
