@@ -27,6 +27,9 @@ _NAME = re.compile(r"^[a-z0-9]+$")
 # HTTP binding, 3.1.3.2: these characters in a header value are percent-encoded.
 _NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+# CloudEvents 1.0, type String: no control characters, surrogates or noncharacters. Besides
+# the spec, a value with them cannot be sent on: an HTTP client refuses such a header.
+_NOT_STRING = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ def validate(attributes: Mapping[str, str]) -> None:
         raise InvalidEvent(f"missing required attribute(s): {', '.join(missing)}")
     if attributes["specversion"] != "1.0":
         raise InvalidEvent(f"unsupported specversion {attributes['specversion']!r}")
-    for name in attributes:
+    for name, value in attributes.items():
         if not _NAME.match(name):
             raise InvalidEvent(f"invalid attribute name {name!r}")
+        if _NOT_STRING.search(value):
+            raise InvalidEvent(f"attribute {name!r} holds a control or non-character")
     time = attributes.get("time")
     if time is not None:
         try:
@@ -126,9 +131,12 @@ def _structured_data(envelope: dict[str, Any], attributes: dict[str, str]) -> by
         return b""
     data = envelope["data"]
     content_type = attributes.setdefault("datacontenttype", "application/json")
-    if isinstance(data, str) and not _is_json(content_type):
-        return data.encode()
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        if isinstance(data, str) and not _is_json(content_type):
+            return data.encode()
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can carry
+        raise InvalidEvent("data holds text that is not Unicode (a lone surrogate)") from None
 
 
 def _is_json(content_type: str) -> bool:

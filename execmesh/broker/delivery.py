@@ -84,13 +84,21 @@ def parse_delivery(raw: Any, where: str) -> DeliverySpec:
             retry=retry,
             backoff_policy=policy,
             backoff_delay=_optional_duration(raw, "backoffDelay", where),
-            timeout=_optional_duration(raw, "timeout", where),
+            timeout=_positive(_optional_duration(raw, "timeout", where), f"{where}.timeout"),
             dead_letter_sink=(
                 None if sink is None else parse_destination(sink, f"{where}.deadLetterSink")
             ),
         )
     except ValueError as error:
         raise DeliverySyntaxError(str(error)) from error
+
+
+def _positive(seconds: float | None, where: str) -> float | None:
+    # An HTTP client takes a zero timeout as none at all: one hung subscriber would hold its
+    # lane, and the partition's commits, for ever.
+    if seconds is not None and seconds <= 0:
+        raise DeliverySyntaxError(f"{where}: must be longer than zero")
+    return seconds
 
 
 def _optional_duration(raw: dict[str, Any], field: str, where: str) -> float | None:

@@ -261,6 +261,10 @@ class TriggerDispatcher:
             response = await self._sender.post(url, headers, event.data, timeout)
         except SendFailed as error:
             return Outcome("retry", reason=str(error))
+        except ValueError as error:
+            # The client refused the request as it is (a header it cannot send): no retry
+            # helps, and the event is dead-lettered rather than dropped.
+            return Outcome("fail", reason=f"cannot be sent: {error}")
         outcome = judge(response)
         if outcome.reply is not None and route_reply:
             try:

@@ -86,6 +86,17 @@ def test_a_valid_structured_event_is_stored() -> None:
         ({**HEADERS, "ce-specversion": "0.3"}, b"{}"),
         ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "id"'),
         ({"content-type": "application/cloudevents+json"}, b"[" * 100_000),
+        # Not CloudEvents Strings, and no HTTP client would deliver them on as headers.
+        ({**HEADERS, "ce-subject": "a%0D%0Ax: 1"}, b"{}"),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "1", "source": "/s", "type": "t",'
+            b' "datacontenttype": "application/json\\r\\nx: 1"}',
+        ),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": "\\ud800"}',
+        ),
         ({"content-type": "application/xml"}, b"<event/>"),
     ],
 )

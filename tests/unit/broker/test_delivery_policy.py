@@ -104,6 +104,8 @@ def test_a_delivery_block_is_parsed_with_its_dead_letter_sink() -> None:
         ({"backoffPolicy": "fibonacci"}, "backoffPolicy"),
         ({"backoffDelay": "1s"}, "backoffDelay"),
         ({"timeout": "soon"}, "timeout"),
+        # An HTTP client takes a zero timeout as none: a hung subscriber would wedge the lane.
+        ({"timeout": "PT0S"}, "timeout"),
         ({"retries": 3}, "unknown field"),
         ({"deadLetterSink": {"uri": "dlq"}}, "deadLetterSink"),
     ],

@@ -115,6 +115,25 @@ def test_a_2xx_with_a_cloudevent_is_a_reply_stored_in_the_broker() -> None:
     assert from_record(record.value, record.headers).attributes["type"] == "reply"
 
 
+def test_a_request_the_client_refuses_to_send_is_dead_lettered_not_dropped() -> None:
+    refused = ValueError("Newline or carriage return character detected in HTTP status")
+    sender = ScriptedSender({SUBSCRIBER: [refused], DLS: [ok(202)]})
+    harness = Harness(sender, Delivery(retry=3))
+    asyncio.run(harness.run(event()))
+    assert harness.sleeps == []
+    assert [c[0] for c in sender.calls] == [SUBSCRIBER, DLS]
+    assert harness.finished == [(0, 0)]
+
+
+def test_a_reply_that_is_no_valid_cloudevent_dead_letters_the_event() -> None:
+    headers = {**REPLY_HEADERS, "ce-subject": "a%0D%0Ab", "content-type": "application/json"}
+    sender = ScriptedSender({SUBSCRIBER: [ok(200, b"{}", headers)], DLS: [ok(202)]})
+    harness = Harness(sender, Delivery(retry=3))
+    asyncio.run(harness.run(event()))
+    assert harness.log.records == []
+    assert [c[0] for c in sender.calls] == [SUBSCRIBER, DLS]
+
+
 def test_a_2xx_with_a_body_that_is_not_an_event_is_a_failure_without_retry() -> None:
     sender = ScriptedSender({SUBSCRIBER: [ok(200, b"OK")], DLS: [ok(202)]})
     harness = Harness(sender, Delivery(retry=3))
