@@ -98,18 +98,34 @@ class TriggerCursor:
         consumer = self._consumer_factory(self._bootstrap, self.group, self.group)
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
+        starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
         fresh: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in tps:
             position = consumer.committed(tp)
             if position is None:
                 position = ends[tp]
                 fresh[tp] = OffsetAndMetadata(position, "", -1)
+            elif position < starts[tp]:
+                # Past retention: the shared reader would seek below the log's start, and its
+                # reset to the end would skip every other trigger's unread records too.
+                log.warning(
+                    "group %s: offset %d of %s is gone (retention), resuming at %d",
+                    self.group,
+                    position,
+                    tp,
+                    starts[tp],
+                )
+                position = starts[tp]
+                fresh[tp] = OffsetAndMetadata(position, "", -1)
             self._trackers[tp.partition] = OffsetTracker(position)
             self._trackers[tp.partition].committed(position)
         if fresh:
             consumer.commit(fresh)
-            log.info("group %s starts at the latest offsets of %s", self.group, self.topic)
+            log.info(
+                "group %s starts at %s",
+                self.group,
+                {tp.partition: o.offset for tp, o in fresh.items()},
+            )
         self.consumer = consumer
 
     @property

@@ -33,8 +33,11 @@ class FakeConsumer:
     """A kafka-python consumer over one partition: ``committed`` is the group's offset; each
     poll returns the records from the position on, after ``failures`` refused polls."""
 
-    def __init__(self, records: int = 0, committed: int | None = None, failures: int = 0) -> None:
+    def __init__(
+        self, records: int = 0, committed: int | None = None, failures: int = 0, start: int = 0
+    ) -> None:
         self.records, self.committed_offset, self.failures = records, committed, failures
+        self.start = start  # the log's first offset still kept (retention)
         self.position = 0
         self.polls = 0
         self.commits: list[int] = []
@@ -50,6 +53,9 @@ class FakeConsumer:
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.records for tp in tps}
 
+    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.start for tp in tps}
+
     def committed(self, tp: TopicPartition) -> int | None:
         return self.committed_offset
 
@@ -60,6 +66,8 @@ class FakeConsumer:
         self.polls += 1
         if self.polls <= self.failures:
             raise KafkaConnectionError("111 ECONNREFUSED")
+        if self.position < self.start:  # out of range: auto_offset_reset="latest"
+            self.position = self.records
         if self.paused or self.position >= self.records:
             time.sleep(0.005)
             return {}
@@ -153,6 +161,21 @@ def test_one_read_serves_every_trigger_from_its_own_groups_position() -> None:
     assert behind.handed == [4, 5, 6, 7, 8, 9]
     assert ahead.handed == [8, 9]
     assert shared.closed and behind.cursor.consumer.closed and ahead.cursor.consumer.closed
+
+
+def test_a_group_whose_offset_retention_removed_resumes_at_the_log_start_alone() -> None:
+    stale = trigger("stale", FakeConsumer(records=10, committed=2, start=5))
+    current = trigger("current", FakeConsumer(records=10, committed=6, start=5))
+    topic = reader(FakeConsumer(records=10, start=5), stale, current)
+    topic.start()
+    try:
+        wait_until(lambda: len(stale.handed) == 5 and len(current.handed) == 4)
+    finally:
+        topic.close()
+    # Seeking the shared consumer to 2 would have reset it to the end, for both triggers.
+    assert stale.handed == [5, 6, 7, 8, 9]
+    assert current.handed == [6, 7, 8, 9]
+    assert stale.cursor.consumer.commits[0] == 5
 
 
 def test_a_new_group_starts_at_the_end_and_has_it_committed_before_traffic() -> None:
