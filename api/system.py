@@ -104,20 +104,19 @@ async def liveness(request: Request) -> Response:
 
 async def readiness(request: Request) -> Response:
     gateway = gateway_of(request)
-    checks: dict[str, str] = {}
-    # Unauthenticated: what failed is named, where and why only in the log.
-    try:
+
+    async def ping_mongodb() -> None:
         await anyio.to_thread.run_sync(lambda: gateway.database.command("ping"))
-        checks["mongodb"] = "ok"
-    except Exception as error:
-        logger.warning("readiness: mongodb: %s", error)
-        checks["mongodb"] = "unavailable"
-    try:
-        await gateway.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as error:
-        logger.warning("readiness: redis: %s", error)
-        checks["redis"] = "unavailable"
+
+    checks: dict[str, str] = {}
+    for name, ping in (("mongodb", ping_mongodb), ("redis", gateway.redis.ping)):
+        try:
+            await ping()
+            checks[name] = "ok"
+        except Exception as error:
+            # Unauthenticated: what failed is named, where and why only in the log.
+            logger.warning("readiness: %s: %s", name, error)
+            checks[name] = "unavailable"
     healthy = all(value == "ok" for value in checks.values())
     health = Health(status="ok" if healthy else "unavailable", checks=checks)
     return json_response(health, 200 if healthy else 503)

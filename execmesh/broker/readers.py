@@ -101,21 +101,13 @@ class TriggerCursor:
         starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
         fresh: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in tps:
-            position = consumer.committed(tp)
-            if position is None:
-                position = ends[tp]
-                fresh[tp] = OffsetAndMetadata(position, "", -1)
-            elif position < starts[tp]:
-                # Past retention: the shared reader would seek below the log's start, and its
-                # reset to the end would skip every other trigger's unread records too.
-                log.warning(
-                    "group %s: offset %d of %s is gone (retention), resuming at %d",
-                    self.group,
-                    position,
-                    tp,
-                    starts[tp],
-                )
-                position = starts[tp]
+            committed = consumer.committed(tp)
+            # Past retention, the shared reader would seek below the log's start, and its reset
+            # to the end would skip every other trigger's unread records too.
+            position = ends[tp] if committed is None else max(committed, starts[tp])
+            if position != committed:
+                if committed is not None:
+                    log.warning("group %s: offset %d of %s is gone", self.group, committed, tp)
                 fresh[tp] = OffsetAndMetadata(position, "", -1)
             self._trackers[tp.partition] = OffsetTracker(position)
             self._trackers[tp.partition].committed(position)
