@@ -79,6 +79,9 @@ class Settings:
     # Which routes the API process serves (API_ROLES): on a cluster the public Service serves
     # /api/v1 and a cluster-local one the lifecycle events, which carry no credentials.
     api_serves: str = "all"
+    # Events a function process handles at once (THREADS, as functions-framework's Flask
+    # server reads it): handlers block on their stores, so each runs on a thread of its own.
+    handler_threads: int = (os.cpu_count() or 1) * 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +155,7 @@ class Settings:
                 env.get("EXECMESH_API_CALLBACK_ALLOWED_NETWORKS", ""),
             ),
             api_serves=one_of("EXECMESH_API_SERVES", env.get("EXECMESH_API_SERVES"), API_ROLES),
+            handler_threads=positive("THREADS", env.get("THREADS"), defaults.handler_threads),
         )
 
     def local_config(self) -> LocalConfig:
@@ -165,6 +169,19 @@ def one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def positive(name: str, value: str | None, default: int) -> int:
+    """``value`` as a whole number above zero; ``default`` when unset."""
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"{name} must be a whole number above zero, not {value!r}")
+    return number
 
 
 def networks(name: str, value: str) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -279,7 +279,7 @@ SERVICES = {"kafka": b"kafka.Kafka", "ferretdb": b"ferretdb", "redis": b"redis-s
 
 
 def cpu_by_component(mesh: Mesh) -> dict[str, float]:
-    """CPU seconds used so far by each mesh process group (children included: gunicorn's
+    """CPU seconds used so far by each mesh process group (children included: a server's
     workers, the node's pods) and by the local services (shared with anything else running)."""
     groups = {process.pid: name for name, process in mesh.running.items()}
     used: dict[str, float] = {}

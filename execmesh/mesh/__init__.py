@@ -4,7 +4,7 @@ In a function: ``cloud_event_function(component, handler, start=...)`` is the vi
 functions-framework serves; the handler gets an ``IncomingEvent`` and a ``Context`` and
 returns (or ``ctx.emit``-s) ``Emission``-s. Outside a request: ``Emitter`` (sync) or
 ``build_event`` + ``AsyncHttpSender``. In tests: ``Runtime`` with ``InMemoryIdempotencyStore``
-and ``RecordingSender``, served by ``flask_app(view).test_client()``.
+and ``RecordingSender``, served by ``TestClient(asgi_app(view))``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from execmesh.mesh.function import (
     Context,
     Reply,
     Runtime,
+    asgi_app,
     build_runtime,
     cloud_event_function,
-    flask_app,
 )
 from execmesh.mesh.idempotency import (
     IdempotencyStore,
@@ -50,12 +50,12 @@ __all__ = [
     "Reply",
     "Runtime",
     "Sender",
+    "asgi_app",
     "build_event",
     "build_runtime",
     "cloud_event_function",
     "decode_event",
     "derive_event_id",
-    "flask_app",
     "parse_ce_overrides",
     "to_binary_http",
 ]

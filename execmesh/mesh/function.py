@@ -7,6 +7,11 @@ A function module defines a handler and exposes the view functions-framework ser
 
     saga = cloud_event_function("saga", handle)   # functions-framework --target saga
 
+The view is an ASGI one, so functions-framework serves it with uvicorn rather than Flask on
+gunicorn's thread worker: a third of the CPU per request (bench/pipeline). Handlers block on
+their stores, so each runs on a worker thread, at most ``THREADS`` at once; the liveness
+probe is answered on the event loop, so a backlog never makes a live function look dead.
+
 Answers: 202 with an empty body once the handler's effects and emissions succeeded (or the
 event was already processed); 400 for an event that can never succeed and 422 for an
 unknown schema version (the broker does not retry 4xx); 503/500 for anything that may work
@@ -15,19 +20,23 @@ on a retry. Never a 2xx with a body: the Kafka broker would dead-letter it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar, overload
 
-import flask
-import functions_framework
-import werkzeug.routing
-from functions_framework import _function_registry
+from functions_framework import _function_registry, aio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from execmesh.errors import ConfigError, PermanentError, TransientError
 from execmesh.events import Payload, UnknownSchemaVersion
@@ -91,7 +100,8 @@ class Context(Generic[D]):
 
 
 Handler: TypeAlias = Callable[[IncomingEvent, Context[D]], Iterable[Emission] | None]
-View: TypeAlias = Callable[[flask.Request], flask.Response]
+View: TypeAlias = Callable[[Request], Awaitable[Response]]
+HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,10 @@ class CloudEventFunction(Generic[D]):
         self._start = start
         self._runtime = runtime
         self._lock = threading.Lock()
+        settings = runtime.settings if runtime is not None else Settings.from_env()
+        prefix = component.replace("-", "_")
+        self._handlers = ThreadPoolExecutor(settings.handler_threads, f"{prefix}-handler")
+        self._probes = ThreadPoolExecutor(1, f"{prefix}-probe")
 
     def runtime(self) -> Runtime[D]:
         if self._runtime is None:
@@ -140,6 +154,17 @@ class CloudEventFunction(Generic[D]):
                 if self._runtime is None:
                     self._runtime = build_runtime(Settings.from_env(), self._start)
         return self._runtime
+
+    async def serve(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """``respond`` for the event loop: off it, except the liveness probe, which does no I/O.
+
+        The readiness probe has a thread of its own, so a backlog of events does not hold it.
+        """
+        if path == LIVENESS_PATH:
+            return self._health(method, path)
+        threads = self._probes if path == READINESS_PATH else self._handlers
+        respond = functools.partial(self.respond, method, path, headers, body)
+        return await asyncio.get_running_loop().run_in_executor(threads, respond)
 
     def respond(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         if path in (LIVENESS_PATH, READINESS_PATH):
@@ -272,43 +297,38 @@ def cloud_event_function(
         open_types=open_types,
     )
 
-    def view(request: flask.Request) -> flask.Response:
-        headers = dict(request.headers.items())
-        reply = function.respond(request.method, request.path, headers, request.get_data())
-        return to_flask_response(reply)
+    async def view(request: Request) -> Response:
+        body = await request.body()
+        reply = await function.serve(request.method, request.url.path, request.headers, body)
+        return to_response(reply)
 
     view.__name__ = view.__qualname__ = component.replace("-", "_")
-    functions_framework.http(view)
-    _register_target_as_http()
+    aio.http(view)
+    _register_target_as_asgi_http()
     return view
 
 
-def flask_app(view: View, name: str = "function") -> flask.Flask:
-    """A Flask app routing every path and method to ``view``, as functions-framework does."""
-    app = flask.Flask(name)
-    app.url_map.add(werkzeug.routing.Rule("/", defaults={"path": ""}, endpoint="run"))
-    app.url_map.add(werkzeug.routing.Rule("/<path:path>", endpoint="run"))
-    app.view_functions["run"] = lambda path: view(flask.request)
-    return app
+def asgi_app(view: View) -> Starlette:
+    """An app routing every path and method to ``view``, as functions-framework does."""
+    return Starlette(routes=[Route("/{path:path}", view, methods=HTTP_METHODS)])
 
 
-def to_flask_response(reply: Reply) -> flask.Response:
-    response = flask.Response(reply.body, status=reply.status, headers=dict(reply.headers))
-    if reply.content_type is None:
-        del response.headers["Content-Type"]
-    else:
-        response.headers["Content-Type"] = reply.content_type
-    return response
+def to_response(reply: Reply) -> Response:
+    return Response(
+        reply.body, reply.status, headers=dict(reply.headers), media_type=reply.content_type
+    )
 
 
-def _register_target_as_http() -> None:
-    # functions-framework looks the signature type up by the --target name, which it puts in
-    # FUNCTION_TARGET before loading the module; a target that is an alias (``handle = saga``)
-    # would otherwise fall back to FUNCTION_SIGNATURE_TYPE, which a deployment may set to
-    # "cloudevent". setdefault: a function the module registered itself keeps its type.
+def _register_target_as_asgi_http() -> None:
+    # functions-framework looks the signature type and the server up by the --target name,
+    # which it puts in FUNCTION_TARGET before loading the module; a target that is an alias
+    # (``handle = saga``) would otherwise be served by Flask, as FUNCTION_SIGNATURE_TYPE says
+    # (a deployment may say "cloudevent"). A function the module registered itself keeps its
+    # own registration.
     target = os.environ.get("FUNCTION_TARGET")
-    if target:
-        _function_registry.REGISTRY_MAP.setdefault(target, _function_registry.HTTP_SIGNATURE_TYPE)
+    if target and target not in _function_registry.REGISTRY_MAP:
+        _function_registry.REGISTRY_MAP[target] = _function_registry.HTTP_SIGNATURE_TYPE
+        _function_registry.ASGI_FUNCTIONS.add(target)
 
 
 class _NoSink:

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import flask
-import flask.testing
+from starlette.testclient import TestClient
 
 from execmesh.admission import AdmissionStore, Coordinator, ServerLimits
 from execmesh.events import ExecutionRequested, ExecutionSpec, Limits, Payload, Priority
@@ -20,8 +19,8 @@ from execmesh.mesh import (
     OutgoingEvent,
     RecordingSender,
     Runtime,
+    asgi_app,
     cloud_event_function,
-    flask_app,
 )
 from execmesh.mesh.idempotency import IdempotencyStore
 from execmesh.pods.runtimes import RuntimeRegistry, cluster_runtimes
@@ -63,12 +62,12 @@ class Harness:
         )
         self.client = self._client(self.idempotency)
 
-    def _client(self, idempotency: IdempotencyStore) -> flask.testing.FlaskClient:
+    def _client(self, idempotency: IdempotencyStore) -> TestClient:
         runtime = Runtime(Settings(), self.coordinator, idempotency, self.sender)
         view = cloud_event_function(
             "coordinator", load_function("coordinator").on_event, runtime=runtime
         )
-        return flask_app(view).test_client()
+        return TestClient(asgi_app(view))
 
     def restarted(self) -> Harness:
         """The same state and sink, but a process that lost its idempotency markers."""
@@ -80,7 +79,7 @@ class Harness:
 
     def post_raw(self, ce_type: str, data: Any, event_id: str, source: str = "/test") -> int:
         headers = binary_headers(ce_type, event_id, source)
-        response = self.client.post("/", headers=headers, data=json.dumps(data))
+        response = self.client.post("/", headers=headers, content=json.dumps(data))
         return response.status_code
 
     def of_type(self, payload_type: type[Payload]) -> list[OutgoingEvent]:

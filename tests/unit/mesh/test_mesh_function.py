@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import flask.testing
+import httpx
 import pytest
 from functions_framework import _function_registry
+from starlette.testclient import TestClient
 
 from execmesh.errors import PermanentError, TransientError
 from execmesh.events import (
@@ -24,10 +27,10 @@ from execmesh.mesh import (
     OutgoingEvent,
     RecordingSender,
     Runtime,
+    asgi_app,
     build_runtime,
     cloud_event_function,
     derive_event_id,
-    flask_app,
 )
 from execmesh.settings import Settings
 
@@ -46,7 +49,7 @@ def binary(event_id: str = "evt-1", data: object = None, **headers: str) -> dict
         **headers,
     }
     body = json.dumps(CANCEL.to_data() if data is None else data)
-    return {"headers": all_headers, "data": body}
+    return {"headers": all_headers, "content": body}
 
 
 def structured(event_id: str = "evt-1") -> dict[str, object]:
@@ -61,7 +64,7 @@ def structured(event_id: str = "evt-1") -> dict[str, object]:
     }
     return {
         "headers": {"content-type": "application/cloudevents+json"},
-        "data": json.dumps(document),
+        "content": json.dumps(document),
     }
 
 
@@ -105,7 +108,7 @@ class Mesh:
     handler: Echo
     store: InMemoryIdempotencyStore
     sender: RecordingSender
-    client: flask.testing.FlaskClient
+    client: TestClient
 
 
 def make_mesh(
@@ -121,7 +124,7 @@ def make_mesh(
     sender = sender if sender is not None else RecordingSender()
     runtime = Runtime(Settings(), None, store, sender, overrides or {})
     view = cloud_event_function("echo", handler, runtime=runtime, open_types=open_types)
-    return Mesh(handler, store, sender, flask_app(view).test_client())
+    return Mesh(handler, store, sender, TestClient(asgi_app(view)))
 
 
 @pytest.fixture
@@ -133,7 +136,7 @@ def test_a_binary_event_is_handled_and_answered_202_with_an_empty_body(mesh: Mes
     response = mesh.client.post("/", **binary())
 
     assert response.status_code == 202
-    assert response.data == b""
+    assert response.content == b""
     assert "Content-Type" not in response.headers
     assert [event.id for event in mesh.handler.calls] == ["evt-1"]
     assert mesh.handler.calls[0].payload == CANCEL
@@ -142,7 +145,7 @@ def test_a_binary_event_is_handled_and_answered_202_with_an_empty_body(mesh: Mes
 def test_a_structured_event_is_handled_the_same_way(mesh: Mesh) -> None:
     response = mesh.client.post("/", **structured())
 
-    assert (response.status_code, response.data) == (202, b"")
+    assert (response.status_code, response.content) == (202, b"")
     assert mesh.handler.calls[0].payload == CANCEL
 
 
@@ -182,7 +185,7 @@ def test_an_event_that_can_never_succeed_is_answered_400_without_running_the_han
 
     assert response.status_code == 400
     assert response.headers["Content-Type"] == "application/problem+json"
-    assert response.json is not None and response.json["status"] == 400
+    assert response.json()["status"] == 400
     assert mesh.handler.calls == []
 
 
@@ -264,7 +267,7 @@ def test_a_marker_expires_after_its_ttl() -> None:
     view = cloud_event_function(
         "echo", handler, runtime=runtime, idempotency_ttl=timedelta(hours=1)
     )
-    client = flask_app(view).test_client()
+    client = TestClient(asgi_app(view))
 
     client.post("/", **binary())
     now[0] = 3599.0
@@ -302,11 +305,11 @@ def test_two_emissions_of_one_type_need_distinct_discriminators() -> None:
 
     sender = RecordingSender()
     runtime = Runtime(Settings(), None, InMemoryIdempotencyStore(), sender)
-    clash = flask_app(cloud_event_function("echo", twice, runtime=runtime)).test_client()
-    apart = flask_app(cloud_event_function("echo", twice_told_apart, runtime=runtime))
+    clash = TestClient(asgi_app(cloud_event_function("echo", twice, runtime=runtime)))
+    apart = asgi_app(cloud_event_function("echo", twice_told_apart, runtime=runtime))
 
     assert clash.post("/", **binary("evt-1")).status_code == 500
-    assert apart.test_client().post("/", **binary("evt-2")).status_code == 202
+    assert TestClient(apart).post("/", **binary("evt-2")).status_code == 202
     assert len({event.id for event in sender.sent}) == 2
 
 
@@ -340,7 +343,7 @@ def test_emitting_without_a_sink_is_a_500_not_a_silent_loss(
         "echo", Echo(), runtime=Runtime(runtime.settings, None, store, runtime.sender)
     )
 
-    assert flask_app(view).test_client().post("/", **binary()).status_code == 500
+    assert TestClient(asgi_app(view)).post("/", **binary()).status_code == 500
 
 
 def test_dependencies_are_started_once_and_reach_the_handler_as_ctx_deps(
@@ -389,6 +392,38 @@ def test_health_endpoints_answer_200(mesh: Mesh, path: str) -> None:
     assert mesh.handler.calls == []
 
 
+def test_probes_answer_while_every_handler_thread_is_busy() -> None:
+    release = threading.Event()
+    running: list[str] = []
+    most_at_once = 0
+
+    def stuck(event: IncomingEvent, ctx: Context[None]) -> None:
+        nonlocal most_at_once
+        running.append(event.id)
+        most_at_once = max(most_at_once, len(running))
+        release.wait(10)
+        running.remove(event.id)
+
+    settings = Settings(handler_threads=2)
+    runtime = Runtime(settings, None, InMemoryIdempotencyStore(), RecordingSender())
+    app = asgi_app(cloud_event_function("stuck", stuck, runtime=runtime))
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stuck") as client:
+            posts = [client.post("/", **binary(f"evt-{n}")) for n in range(3)]  # type: ignore[arg-type]
+            busy = [asyncio.create_task(post) for post in posts]
+            await asyncio.sleep(0.2)
+            live = await asyncio.wait_for(client.get("/health/liveness"), 2)
+            ready = await asyncio.wait_for(client.get("/health/readiness"), 2)
+            release.set()
+            answers = await asyncio.gather(*busy)
+        return live.status_code, ready.status_code, [a.status_code for a in answers]
+
+    assert asyncio.run(scenario()) == (200, 200, [202, 202, 202])
+    assert most_at_once == 2
+
+
 def test_readiness_is_503_while_the_store_is_unreachable() -> None:
     mesh = make_mesh(store=UnreachableStore())
 
@@ -401,7 +436,7 @@ def test_readiness_is_503_while_the_store_is_unreachable() -> None:
     [("GET", "/"), ("PUT", "/"), ("DELETE", "/anything"), ("POST", "/health/liveness")],
 )
 def test_other_methods_are_405(mesh: Mesh, method: str, path: str) -> None:
-    response = mesh.client.open(path, method=method)
+    response = mesh.client.request(method, path)
 
     assert response.status_code == 405
     assert "Allow" in response.headers
@@ -414,7 +449,7 @@ def test_no_answer_is_ever_a_2xx_with_a_body(mesh: Mesh) -> None:
         mesh.client.post("/", **structured("b")),
     ]
 
-    assert all(a.data == b"" for a in answers if 200 <= a.status_code < 300)
+    assert all(a.content == b"" for a in answers if 200 <= a.status_code < 300)
 
 
 def test_the_view_is_registered_as_an_http_function_for_functions_framework(

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import flask
-import flask.testing
+import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from execmesh.errors import TransientError
 from execmesh.events import (
@@ -30,8 +30,8 @@ from execmesh.mesh import (
     InMemoryIdempotencyStore,
     RecordingSender,
     Runtime,
+    asgi_app,
     cloud_event_function,
-    flask_app,
 )
 from execmesh.results.processor import ResultProcessor
 from execmesh.results.record import ExecutionDocument, ExecutionStatus
@@ -68,11 +68,11 @@ class Harness:
         view = cloud_event_function(
             "result-processor", load_function("result_processor").on_event, runtime=runtime
         )
-        self.client: flask.testing.FlaskClient = flask_app(view).test_client()
+        self.client: TestClient = TestClient(asgi_app(view))
 
-    def post(self, payload: Payload, event_id: str) -> flask.Response:
+    def post(self, payload: Payload, event_id: str) -> httpx.Response:
         headers = binary_headers(payload.TYPE, event_id, "/test")
-        return self.client.post("/", headers=headers, data=json.dumps(payload.to_data()))
+        return self.client.post("/", headers=headers, content=json.dumps(payload.to_data()))
 
     def take(self) -> list[tuple[str, str]]:
         sent = [
@@ -121,7 +121,7 @@ def test_the_result_is_stored_then_announced_then_cleanup_asked(
     run_to_the_end(harness)
     stdout = StreamOutput(size=1 << 20, ref="e1/stdout")
     response = harness.post(ExecutionCompleted(execution_id="e1", exit_code=7, stdout=stdout), "t1")
-    assert (response.status_code, response.data) == (202, b"")
+    assert (response.status_code, response.content) == (202, b"")
     assert harness.take() == [("result.stored", "completed"), ("pod.delete_requested", "")]
     document = harness.store.get("e1")
     assert document is not None and document.result is not None
@@ -165,6 +165,6 @@ def test_mongodb_down_is_a_503_and_the_retry_succeeds(harness: Harness) -> None:
 
 def test_a_malformed_event_is_refused_with_400(harness: Harness) -> None:
     headers = binary_headers(ExecutionCompleted.TYPE, "m1", "/test")
-    response = harness.client.post("/", headers=headers, data=json.dumps({"exit_code": 0}))
+    response = harness.client.post("/", headers=headers, content=json.dumps({"exit_code": 0}))
     assert response.status_code == 400
     assert harness.store.documents == {}

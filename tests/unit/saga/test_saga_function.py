@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
-import flask.testing
+import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from execmesh.errors import TransientError
 from execmesh.events import (
@@ -29,8 +30,8 @@ from execmesh.mesh import (
     InMemoryIdempotencyStore,
     RecordingSender,
     Runtime,
+    asgi_app,
     cloud_event_function,
-    flask_app,
 )
 from execmesh.saga.engine import SagaConfig, SagaService
 from execmesh.saga.machine import Phase, Policy, Saga
@@ -90,11 +91,11 @@ class Harness:
         service = SagaService(self.store, SagaConfig(POLICY, batch_size=10), clock=lambda: T0)
         runtime = Runtime(Settings(), service, InMemoryIdempotencyStore(), self.sender)
         view = cloud_event_function("saga", load_main().on_event, runtime=runtime)
-        self.client: flask.testing.FlaskClient = flask_app(view).test_client()
+        self.client: TestClient = TestClient(asgi_app(view))
 
     def post(
         self, payload: Payload, event_id: str, at: datetime = T0, source: str = "/test"
-    ) -> flask.Response:
+    ) -> httpx.Response:
         headers = {
             "content-type": "application/json",
             "ce-specversion": "1.0",
@@ -103,7 +104,7 @@ class Harness:
             "ce-type": payload.TYPE,
             "ce-time": at.isoformat(),
         }
-        return self.client.post("/", headers=headers, data=json.dumps(payload.to_data()))
+        return self.client.post("/", headers=headers, content=json.dumps(payload.to_data()))
 
     def take(self) -> list[tuple[str, str]]:
         sent = [
@@ -121,7 +122,7 @@ def harness() -> Harness:
 
 def test_an_acceptance_asks_for_the_pod_and_answers_202_with_no_body(harness: Harness) -> None:
     response = harness.post(accepted("e1"), "a1")
-    assert (response.status_code, response.data) == (202, b"")
+    assert (response.status_code, response.content) == (202, b"")
     (sent,) = harness.sender.sent
     assert sent.type == "io.execmesh.pod.create_requested"
     assert (sent.subject, sent.extensions["partitionkey"]) == ("e1", "e1")
@@ -237,7 +238,7 @@ def test_an_event_the_saga_does_not_handle_is_refused_with_400(harness: Harness)
         "ce-type": "io.execmesh.replay.session",
     }
     data = {"session_id": "s", "phase": "started"}
-    response = harness.client.post("/", headers=headers, data=json.dumps(data))
+    response = harness.client.post("/", headers=headers, content=json.dumps(data))
     assert response.status_code == 400
 
 
