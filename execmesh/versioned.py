@@ -15,6 +15,12 @@ lag behind its versions: on purpose, when a save changed none of the head's fiel
 instead of two), or because a writer died between its two writes. ``get`` always reads
 forward to the newest version, and rewrites the head only if it is wrong, so nothing is lost
 and reads stay reads.
+
+Each process remembers the latest version it read or saved of its most recent keys, with a
+head known to be right: reading such a key again is one probe for the version after it (a
+miss: it is still the latest) instead of up to three reads. Versions never change, so only a
+newer one can make it stale, and the probe finds that; a key deleted by another process may
+still be read from here until it is forgotten (only the saga deletes, long after the end).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -39,6 +47,8 @@ T = TypeVar("T")
 
 VERSION = "version"
 KEY = "key"
+# Keys whose latest version a process remembers; far more than are in flight at once.
+REMEMBERED_KEYS = 1024
 
 
 class VersionConflict(Exception):
@@ -52,12 +62,14 @@ class VersionedCollection:
         name: str,
         head_fields: Collection[str] | None = None,
         head_if: Callable[[Mapping[str, Any]], bool] | None = None,
+        remembered_keys: int = REMEMBERED_KEYS,
     ) -> None:
         self.name = name
         self.heads = database[name]
         self.versions = database[f"{name}.versions"]
         self.head_fields = None if head_fields is None else frozenset(head_fields)
         self.head_if = head_if
+        self._latest = _Latest(remembered_keys)
 
     def ensure_indexes(self) -> None:
         self.versions.create_index([(KEY, ASCENDING)])
@@ -65,6 +77,9 @@ class VersionedCollection:
     def get(self, key: str) -> Document | None:
         """The latest version of ``key`` (with its ``version``), or None."""
         try:
+            latest = self._latest.get(key)
+            if latest is not None and self._version(key, latest[VERSION] + 1) is None:
+                return _public(key, latest)
             head = self.heads.find_one({"_id": key})
             version = 0 if head is None else int(head[VERSION])
             latest = head if self.head_fields is None else self._version(key, version)
@@ -78,7 +93,8 @@ class VersionedCollection:
             raise TransientError(f"reading {self.name} {key}: {error}") from error
         if latest is None:
             return None
-        return {**{n: v for n, v in latest.items() if n != KEY}, "_id": key}
+        self._latest.remember(key, latest)
+        return _public(key, latest)
 
     def save(
         self,
@@ -95,6 +111,7 @@ class VersionedCollection:
         """
         version = read_version + 1
         stored = {**document, "_id": _version_id(key, version), KEY: key, VERSION: version}
+        previous = self._latest.forget(key)
         try:
             self.versions.insert_one(stored)
         except DuplicateKeyError:
@@ -102,12 +119,16 @@ class VersionedCollection:
         except PyMongoError as error:
             raise TransientError(f"saving {self.name} {key}: {error}") from error
         if not refresh_head:
+            # The head is right for this version too only if it would read the same.
+            if self._head_unchanged(previous, read_version, stored):
+                self._latest.remember(key, stored)
             return version
         try:
             self._set_head(key, stored)
         except PyMongoError as error:
             # The version is saved; the head catches up on the next read of this key.
             raise TransientError(f"saving {self.name} {key} head: {error}") from error
+        self._latest.remember(key, stored)
         return version
 
     def find_heads(
@@ -123,6 +144,8 @@ class VersionedCollection:
         keys = list(keys)
         if not keys:
             return 0
+        for key in keys:
+            self._latest.forget(key)
         try:
             # Heads first: versions left by a crash in between are found and deleted again,
             # while a head left without its versions would hide the key's next versions.
@@ -152,6 +175,18 @@ class VersionedCollection:
         elif head is None or _content(head) != self._head(latest):
             self._set_head(key, latest)
 
+    def _head_unchanged(
+        self, previous: Document | None, read_version: int, stored: Mapping[str, Any]
+    ) -> bool:
+        """Whether ``previous``, remembered at ``read_version``, has the head ``stored`` has."""
+        if previous is None or previous[VERSION] != read_version:
+            return False
+        return self._head_of(previous) == self._head_of(stored)
+
+    def _head_of(self, latest: Mapping[str, Any]) -> Document | None:
+        """What the head of ``latest`` holds, None for no head; versions aside."""
+        return self._head(latest) if self._wants_head(latest) else None
+
     def _wants_head(self, latest: Mapping[str, Any]) -> bool:
         return self.head_if is None or self.head_if(latest)
 
@@ -170,6 +205,46 @@ class VersionedCollection:
             self.heads.replace_one({"_id": key, VERSION: {"$lt": head[VERSION]}}, head, upsert=True)
 
 
+class _Latest:
+    """The latest version of the most recently used keys, for ``VersionedCollection.get``."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._documents: OrderedDict[str, Document] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Document | None:
+        with self._lock:
+            document = self._documents.get(key)
+            if document is not None:
+                self._documents.move_to_end(key)
+            return document
+
+    def remember(self, key: str, document: Document) -> None:
+        with self._lock:
+            self._documents[key] = document
+            self._documents.move_to_end(key)
+            while len(self._documents) > self._capacity:
+                self._documents.popitem(last=False)
+
+    def forget(self, key: str) -> Document | None:
+        with self._lock:
+            return self._documents.pop(key, None)
+
+
+def read_modify_save(attempt: Callable[[bool], T], what: str, *, likely_new: bool = False) -> T:
+    """Run ``attempt(read)`` until it saves without a ``VersionConflict``.
+
+    ``attempt`` reads the document when ``read`` is true and works from none otherwise. A
+    document that is ``likely_new`` is tried unread first (two reads fewer): its save as
+    version 1 conflicts if it existed after all, and the reading attempts take over.
+    """
+    if likely_new:
+        with contextlib.suppress(VersionConflict):
+            return attempt(False)
+    return retry_on_conflict(lambda: attempt(True), what)
+
+
 def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 20) -> T:
     """Run a read-modify-save ``attempt`` until it saves without a ``VersionConflict``."""
     for number in range(1, attempts + 1):
@@ -180,6 +255,10 @@ def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 20) -
             # Jitter, so that two contenders do not collide again in lockstep.
             time.sleep(random.uniform(0, 0.002 * number))
     raise TransientError(f"{what}: still conflicting after {attempts} attempts")
+
+
+def _public(key: str, latest: Mapping[str, Any]) -> Document:
+    return {**{n: v for n, v in latest.items() if n != KEY}, "_id": key}
 
 
 def _content(head: Mapping[str, Any]) -> Document:

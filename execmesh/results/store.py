@@ -15,10 +15,10 @@ from typing import Any, Protocol
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 
-from execmesh.events import Payload
+from execmesh.events import ExecutionRequested, Payload
 from execmesh.mesh.envelope import IncomingEvent
 from execmesh.results.record import ExecutionDocument, project
-from execmesh.versioned import VersionConflict, VersionedCollection, retry_on_conflict
+from execmesh.versioned import VersionConflict, VersionedCollection, read_modify_save
 
 COLLECTION = "executions"
 
@@ -76,10 +76,12 @@ def record_event(store: ExecutionStore, event: IncomingEvent, now: datetime) -> 
     if not isinstance(execution_id, str):
         return ()
 
-    def attempt() -> tuple[Payload, ...]:
-        projection = project(store.get(execution_id), event, now)
+    def attempt(read: bool) -> tuple[Payload, ...]:
+        projection = project(store.get(execution_id) if read else None, event, now)
         if projection.changed and projection.document is not None:
             store.save(projection.document)
         return projection.emitted
 
-    return retry_on_conflict(attempt, f"execution {execution_id}")
+    # The request nearly always comes first (delivery between triggers is unordered).
+    starts = isinstance(event.payload, ExecutionRequested)
+    return read_modify_save(attempt, f"execution {execution_id}", likely_new=starts)

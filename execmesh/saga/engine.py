@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from execmesh.errors import InvalidEvent
-from execmesh.events import ExecutionPayload, Payload, PingTick
+from execmesh.events import ExecutionAccepted, ExecutionPayload, Payload, PingTick
 from execmesh.mesh import Emission, IncomingEvent
 from execmesh.mongo import connect
 from execmesh.saga.machine import DeadlineCheck, Message, Policy, advance
 from execmesh.saga.store import MongoSagaStore, SagaStore
 from execmesh.settings import Settings
-from execmesh.versioned import retry_on_conflict
+from execmesh.versioned import read_modify_save
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,15 @@ def apply_event(
 ) -> tuple[Payload, ...]:
     """Apply one event to the saga of ``execution_id``; returns the events to emit."""
 
-    def attempt() -> tuple[Payload, ...]:
-        step = advance(store.get(execution_id), key, message, now, policy)
+    def attempt(read: bool) -> tuple[Payload, ...]:
+        step = advance(store.get(execution_id) if read else None, key, message, now, policy)
         if step.changed and step.saga is not None:
             store.save(step.saga)
         return step.emitted
 
-    return retry_on_conflict(attempt, f"saga {execution_id}")
+    # An acceptance nearly always starts its saga (a cancel may have come first).
+    starts = isinstance(message, ExecutionAccepted)
+    return read_modify_save(attempt, f"saga {execution_id}", likely_new=starts)
 
 
 def check_deadlines(

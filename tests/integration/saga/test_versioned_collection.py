@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
+from execmesh.settings import Settings
 from execmesh.versioned import VersionConflict, VersionedCollection
 
 pytestmark = pytest.mark.services
@@ -101,3 +104,118 @@ def test_only_documents_that_pass_head_if_have_a_head(
     assert list(documents.heads.find()) == []
     assert documents.get("k") == {"_id": "k", "body": "done", "version": 2}
     assert list(documents.heads.find()) == []  # reading does not bring the head back
+
+
+class Reads(monitoring.CommandListener):
+    """The collections each ``find`` of a client read, in order."""
+
+    def __init__(self) -> None:
+        self.collections: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.collections.append(str(event.command["find"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+@pytest.fixture
+def reads() -> Reads:
+    return Reads()
+
+
+@pytest.fixture
+def watched(
+    settings: Settings, mongo_database: Database[dict[str, Any]], reads: Reads
+) -> Iterator[Database[dict[str, Any]]]:
+    """``mongo_database`` through a client of its own that counts its reads."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongodb_url, event_listeners=[reads], tz_aware=True
+    )
+    try:
+        yield client[mongo_database.name]
+    finally:
+        client.close()
+
+
+def sagas_like(
+    database: Database[dict[str, Any]], remembered_keys: int = 1024
+) -> VersionedCollection:
+    return VersionedCollection(
+        database,
+        "sagas_like",
+        head_fields=("due",),
+        head_if=lambda d: d.get("due") is not None,
+        remembered_keys=remembered_keys,
+    )
+
+
+def test_a_key_read_or_saved_here_is_read_again_with_one_probe(
+    watched: Database[dict[str, Any]], reads: Reads
+) -> None:
+    documents = sagas_like(watched)
+    documents.save("k", {"due": 5, "n": 1}, 0)
+    reads.collections.clear()
+
+    assert documents.get("k") == {"_id": "k", "due": 5, "n": 1, "version": 1}
+    assert reads.collections == ["sagas_like.versions"]  # is there a version 2? no
+
+    documents.save("k", {"due": 5, "n": 2}, 1, refresh_head=False)  # the head reads the same
+    reads.collections.clear()
+    assert documents.get("k") == {"_id": "k", "due": 5, "n": 2, "version": 2}
+    assert reads.collections == ["sagas_like.versions"]
+
+
+def test_a_version_saved_by_another_process_is_read_and_its_head_repaired(
+    mongo_database: Database[dict[str, Any]],
+) -> None:
+    here, there = sagas_like(mongo_database), sagas_like(mongo_database)
+    here.save("k", {"due": 5, "n": 1}, 0)
+    assert here.get("k") == {"_id": "k", "due": 5, "n": 1, "version": 1}
+    # Another process saves a version and dies before its head.
+    there.save("k", {"due": 9, "n": 2}, 1, refresh_head=False)
+
+    assert here.get("k") == {"_id": "k", "due": 9, "n": 2, "version": 2}
+    assert list(here.heads.find()) == [{"_id": "k", "due": 9, "version": 2}]
+
+
+def test_a_quiet_save_that_changes_the_head_is_not_remembered(
+    watched: Database[dict[str, Any]], reads: Reads
+) -> None:
+    documents = sagas_like(watched)
+    documents.save("k", {"due": 5}, 0)
+    documents.save("k", {"due": 7}, 1, refresh_head=False)  # as if the head write was lost
+    reads.collections.clear()
+
+    assert documents.get("k") == {"_id": "k", "due": 7, "version": 2}
+    assert reads.collections[0] == "sagas_like"  # read from the head on: it was repaired
+    assert list(documents.heads.find()) == [{"_id": "k", "due": 7, "version": 2}]
+
+
+def test_only_the_most_recent_keys_are_remembered(
+    watched: Database[dict[str, Any]], reads: Reads
+) -> None:
+    documents = sagas_like(watched, remembered_keys=2)
+    for key in ("a", "b", "c"):
+        documents.save(key, {"due": 1}, 0)
+    reads.collections.clear()
+
+    documents.get("c")
+    documents.get("a")
+    assert reads.collections == [
+        "sagas_like.versions",  # c: one probe
+        "sagas_like",  # a, forgotten: the head, its version, the probe for the next
+        "sagas_like.versions",
+        "sagas_like.versions",
+    ]
+
+
+def test_deleted_keys_are_forgotten(documents: VersionedCollection) -> None:
+    documents.save("k", {"n": 1}, 0)
+    assert documents.get("k") is not None
+    documents.delete(["k"])
+    assert documents.get("k") is None

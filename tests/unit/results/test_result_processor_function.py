@@ -47,6 +47,11 @@ LIMITS = Limits(timeout_seconds=10, memory_mb=128, cpu_millis=500, output_bytes=
 
 class FlakyStore(InMemoryExecutionStore):
     down = False
+    reads = 0
+
+    def get(self, execution_id: str) -> ExecutionDocument | None:
+        self.reads += 1
+        return super().get(execution_id)
 
     def save(self, document: ExecutionDocument) -> ExecutionDocument:
         if self.down:
@@ -168,3 +173,17 @@ def test_a_malformed_event_is_refused_with_400(harness: Harness) -> None:
     response = harness.client.post("/", headers=headers, content=json.dumps({"exit_code": 0}))
     assert response.status_code == 400
     assert harness.store.documents == {}
+
+
+def test_a_request_starts_its_document_unread_unless_it_comes_late(harness: Harness) -> None:
+    requested = ExecutionRequested(execution_id="e1", user_id="u", spec=SPEC, submitted_at=T0)
+    harness.post(requested, "q")
+    assert harness.store.reads == 0
+
+    running = PodRunning(execution_id="e2", pod_name="p")
+    harness.post(running, "r")
+    late = ExecutionRequested(execution_id="e2", user_id="u", spec=SPEC, submitted_at=T0)
+    assert harness.post(late, "q2").status_code == 202
+    document = harness.store.get("e2")
+    assert document is not None and document.status is ExecutionStatus.RUNNING
+    assert document.user_id == "u" and document.version == 2

@@ -68,9 +68,14 @@ def accepted(execution_id: str) -> ExecutionAccepted:
 
 
 class FlakyStore(InMemorySagaStore):
-    """Fails every save while ``down``: MongoDB unreachable."""
+    """Fails every save while ``down``: MongoDB unreachable. Counts its reads."""
 
     down = False
+    reads = 0
+
+    def get(self, execution_id: str) -> Saga | None:
+        self.reads += 1
+        return super().get(execution_id)
 
     def save(self, saga: Saga) -> Saga:
         if self.down:
@@ -245,3 +250,16 @@ def test_an_event_the_saga_does_not_handle_is_refused_with_400(harness: Harness)
 def test_health_endpoints_answer_200(harness: Harness) -> None:
     assert harness.client.get("/health/liveness").status_code == 200
     assert harness.client.get("/health/readiness").status_code == 200
+
+
+def test_an_acceptance_starts_its_saga_unread_and_a_redelivery_reads_it(harness: Harness) -> None:
+    harness.post(accepted("e1"), "a1")
+    first = harness.take()
+    assert harness.store.reads == 0
+
+    harness.restart()  # no idempotency markers: the acceptance is handled again
+    assert harness.post(accepted("e1"), "a1").status_code == 202
+    assert harness.store.reads == 1
+    assert harness.take() == first == [("pod.create_requested", "e1")]
+    saga = harness.store.get("e1")
+    assert saga is not None and saga.version == 1
