@@ -132,6 +132,12 @@ def test_the_health_endpoints_answer_200(function_url: str) -> None:
     assert httpx.get(f"{function_url}/health/readiness", timeout=5).status_code == 200
 
 
+def test_the_function_is_served_as_asgi_by_uvicorn(function_url: str) -> None:
+    # Not Flask on gunicorn's thread worker, which functions-framework picks for a WSGI view.
+    response = httpx.get(f"{function_url}/health/liveness", timeout=5)
+    assert response.headers["server"] == "uvicorn"
+
+
 def test_a_stream_of_events_is_each_answered_202_and_emitted_once(
     function_url: str, sink: Sink
 ) -> None:
@@ -159,4 +165,5 @@ def test_an_alias_target_is_served_as_http_whatever_the_signature_type_default(
         response = post_cancel_request(url, f"evt-{uuid.uuid4()}")
 
     assert (response.status_code, response.content) == (202, b"")
+    assert response.headers["server"] == "uvicorn"
     assert len(sink.received) == 1
