@@ -19,8 +19,10 @@ def on_event(event: IncomingEvent, ctx: Context[ReplayService]) -> list[Emission
     return ctx.deps.handle(event)
 
 
+# No idempotency markers: each event is stored under its own identity, a session is created
+# once under its id and claimed only while no live runner holds it, and nothing is emitted.
 replay = cloud_event_function(
-    "replay", on_event, start=ReplayService.from_settings, open_types=True
+    "replay", on_event, start=ReplayService.from_settings, open_types=True, markers=False
 )
 # `execmesh up` serves every function under the target name `handle`.
 handle = replay

@@ -32,6 +32,7 @@ from execmesh.mesh import (
     cloud_event_function,
     derive_event_id,
 )
+from execmesh.mesh.idempotency import DEFAULT_TTL
 from execmesh.settings import Settings
 
 CANCEL = ExecutionCancelRequested(execution_id="ex-1", reason="changed my mind")
@@ -97,6 +98,9 @@ class FlakySender(RecordingSender):
 
 class UnreachableStore(InMemoryIdempotencyStore):
     def is_processed(self, key: str) -> bool:
+        raise TransientError("redis down")
+
+    def mark_processed(self, key: str, ttl: timedelta = DEFAULT_TTL) -> None:
         raise TransientError("redis down")
 
     def ping(self) -> None:
@@ -242,6 +246,19 @@ def test_a_duplicate_delivery_is_acknowledged_without_running_the_handler_again(
     assert answers == [202, 202, 202]
     assert len(mesh.handler.calls) == 1
     assert len(mesh.sender.sent) == 2
+
+
+def test_a_function_without_markers_runs_its_handler_for_every_delivery() -> None:
+    handler = Echo()
+    store = UnreachableStore()  # never asked: a Redis outage does not stop the function
+    runtime = Runtime(Settings(), None, store, RecordingSender())
+    view = cloud_event_function("recorder", handler, runtime=runtime, markers=False)
+    client = TestClient(asgi_app(view))
+
+    answers = [client.post("/", **binary()).status_code for _ in range(2)]
+
+    assert answers == [202, 202]
+    assert len(handler.calls) == 2
 
 
 def test_a_duplicate_in_the_other_content_mode_is_still_a_duplicate(mesh: Mesh) -> None:
