@@ -47,8 +47,9 @@ T = TypeVar("T")
 
 VERSION = "version"
 KEY = "key"
-# Keys whose latest version a process remembers; far more than are in flight at once.
-REMEMBERED_KEYS = 1024
+# Keys whose latest version a process remembers: far more than are in flight at once (the
+# admission limit), few enough to bound the memory (an execution holds up to 32 KiB inline).
+REMEMBERED_KEYS = 256
 
 
 class VersionConflict(Exception):

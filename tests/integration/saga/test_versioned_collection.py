@@ -143,7 +143,7 @@ def watched(
 
 
 def sagas_like(
-    database: Database[dict[str, Any]], remembered_keys: int = 1024
+    database: Database[dict[str, Any]], remembered_keys: int = 256
 ) -> VersionedCollection:
     return VersionedCollection(
         database,
