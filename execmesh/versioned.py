@@ -170,10 +170,7 @@ class VersionedCollection:
         }
 
     def _repair_head(self, key: str, head: Document | None, latest: Mapping[str, Any]) -> None:
-        if not self._wants_head(latest):
-            if head is not None:
-                self._set_head(key, latest)
-        elif head is None or _content(head) != self._head(latest):
+        if (None if head is None else _content(head)) != self._head_of(latest):
             self._set_head(key, latest)
 
     def _head_unchanged(

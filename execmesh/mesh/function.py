@@ -145,16 +145,16 @@ class CloudEventFunction(Generic[D]):
         self._start = start
         self._runtime = runtime
         self._lock = threading.Lock()
-        settings = runtime.settings if runtime is not None else Settings.from_env()
+        self._settings = runtime.settings if runtime is not None else Settings.from_env()
         prefix = component.replace("-", "_")
-        self._handlers = ThreadPoolExecutor(settings.handler_threads, f"{prefix}-handler")
+        self._handlers = ThreadPoolExecutor(self._settings.handler_threads, f"{prefix}-handler")
         self._probes = ThreadPoolExecutor(1, f"{prefix}-probe")
 
     def runtime(self) -> Runtime[D]:
         if self._runtime is None:
             with self._lock:
                 if self._runtime is None:
-                    self._runtime = build_runtime(Settings.from_env(), self._start)
+                    self._runtime = build_runtime(self._settings, self._start)
         return self._runtime
 
     async def serve(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
