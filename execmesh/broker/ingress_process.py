@@ -175,8 +175,6 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # "Task ran for 0.1s": kafka-python's IO thread waiting for the GIL, not a fault.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(args.fd, json.loads(args.topics), args.bootstrap))
     return 0

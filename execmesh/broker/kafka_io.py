@@ -5,15 +5,18 @@ dispatchers' replies). Reading the topic for the triggers is `readers.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+import confluent_kafka
+from kafka import KafkaAdminClient
+from kafka.errors import TopicAlreadyExistsError
 
 from execmesh.broker.kafka_binding import KafkaRecord
 from execmesh.errors import PermanentError, TransientError
@@ -46,30 +49,39 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = DEFAULT_PARTITION
         admin.close()
 
 
+Settle = Callable[[Exception | None], None]
+
+
 class Producer(Protocol):
-    """The part of kafka-python's KafkaProducer the event log uses; fakes stand in for it in
-    unit tests."""
+    """What the event log needs of a Kafka producer; fakes stand in for it in unit tests."""
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Any: ...
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        settle: Settle,
+    ) -> None:
+        """Queue a record; `settle` is called once, from another thread, with None when Kafka
+        acknowledged it or with the TransientError or PermanentError it ended in. Raises
+        either error when the record cannot even be queued."""
 
-    def partitions_for(self, topic: str) -> Any: ...
+    def partitions_for(self, topic: str) -> set[int]: ...
 
-    def close(self, timeout: float | None = None) -> None: ...
+    def close(self, timeout: float) -> None: ...
 
 
 class KafkaEventLog:
     """The ingress's EventLog: acks=all, no linger. Sends still share batches under load (records
     wait while a request is in flight); a 1 ms linger cost 1.2 ms a hop and no throughput.
 
-    A producer that stops acknowledging is replaced by a new one. kafka-python 3.0.12's
-    idempotent producer wedges for good when a batch it had already sent expires (Kafka
-    down for longer than the delivery timeout): it drops its producer id and never asks
-    for a new one, so it sends nothing again, not even expiring what it holds. A dead
-    I/O thread looks the same from here. Replacing the producer keeps the guarantee: a
-    record is reported stored only on an acknowledgement from Kafka (acks=all), whichever
-    producer sent it; records of the old producer were answered as not stored.
+    A producer that stops acknowledging is replaced by a new one: a client wedged for good
+    (kafka-python 3.0.12's idempotent producer did, after a batch expired while Kafka was
+    down), a fatal error of librdkafka's idempotent producer, or a dead poll thread all look
+    the same from here. Replacing the producer keeps the guarantee: a record is reported
+    stored only on an acknowledgement from Kafka (acks=all), whichever producer sent it;
+    records of the old producer were answered as not stored.
     """
 
     def __init__(
@@ -82,7 +94,7 @@ class KafkaEventLog:
     ) -> None:
         self._ack_timeout = ack_timeout
         self._new_producer = new_producer or functools.partial(
-            _kafka_producer, bootstrap, linger_ms, ack_timeout
+            RdKafkaProducer, bootstrap, linger_ms, ack_timeout
         )
         self._producer = self._new_producer(BOOTSTRAP_TIMEOUT)
         self._watchdog = Watchdog(2 * ack_timeout if patience is None else patience)
@@ -103,24 +115,17 @@ class KafkaEventLog:
     async def _send(self, topic: str, record: KafkaRecord) -> None:
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[None] = loop.create_future()
-        try:
-            sent = self._producer.send(
-                topic, value=record.value, key=record.key, headers=record.headers
-            )
-        except MessageSizeTooLargeError as error:
-            raise PermanentError(str(error)) from error
-        except KafkaError as error:
-            raise TransientError(f"Kafka refused the record: {error}") from error
-        sent.add_callback(lambda _: loop.call_soon_threadsafe(_resolve, acked, None))
-        sent.add_errback(lambda error: loop.call_soon_threadsafe(_resolve, acked, error))
+
+        def settle(error: Exception | None) -> None:
+            # A retired producer may report after the loop that waited for it closed.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, acked, error)
+
+        self._producer.send(topic, record.value, record.key, record.headers, settle)
         try:
             await asyncio.wait_for(acked, self._ack_timeout)
         except TimeoutError:
             raise TransientError(f"Kafka did not acknowledge within {self._ack_timeout}s") from None
-        except MessageSizeTooLargeError as error:
-            raise PermanentError(str(error)) from error
-        except KafkaError as error:
-            raise TransientError(f"Kafka refused the record: {error}") from error
 
     def _replace_soon(self) -> None:
         if self._replacement is None or self._replacement.done():
@@ -131,7 +136,7 @@ class KafkaEventLog:
         self._watchdog.replacing()
         try:
             fresh = await asyncio.to_thread(self._connect, sorted(self._topics))
-        except Exception as error:  # kafka-python raises KafkaError, OSError, ValueError...
+        except Exception as error:  # TransientError, or whatever else a client raises
             log.warning("Kafka producer not replaced (Kafka unreachable?): %s", error)
             return
         if self._closed:
@@ -143,7 +148,7 @@ class KafkaEventLog:
 
     def _connect(self, topics: list[str]) -> Producer:
         """A new producer that reached Kafka and knows the topics' partitions, so that its
-        first sends do not block the event loop waiting for metadata."""
+        first records go out without waiting for metadata."""
         producer = self._new_producer(self._ack_timeout)
         try:
             for topic in topics:
@@ -186,32 +191,96 @@ class Watchdog:
         self._last_replacement = self._clock()
 
 
-def _kafka_producer(
-    bootstrap: str, linger_ms: int, ack_timeout: float, bootstrap_timeout: float
-) -> Producer:
-    producer: Producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="execmesh-broker-ingress",
-        acks="all",
-        linger_ms=linger_ms,
-        max_block_ms=2000,
-        request_timeout_ms=int(ack_timeout * 1000),
-        delivery_timeout_ms=int(ack_timeout * 1000) + linger_ms + 1000,
-        batch_size=256 * 1024,
-        max_request_size=4 * 1024 * 1024,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        bootstrap_timeout_ms=int(bootstrap_timeout * 1000),
-    )
-    return producer
+class RdKafkaProducer:
+    """librdkafka's producer (confluent-kafka), with a thread that serves its delivery reports.
+
+    Idempotent (acks=all, retries without duplicates or reordering). A record not
+    acknowledged within the delivery timeout is reported failed, never left pending.
+    """
+
+    def __init__(
+        self, bootstrap: str, linger_ms: int, ack_timeout: float, bootstrap_timeout: float
+    ) -> None:
+        self._timeout = ack_timeout
+        self._producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": "execmesh-broker-ingress",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "request.timeout.ms": int(ack_timeout * 1000),
+                "message.timeout.ms": int(ack_timeout * 1000) + linger_ms + 1000,
+                "batch.size": 256 * 1024,
+                "message.max.bytes": 4 * 1024 * 1024,
+                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        try:
+            self._producer.list_topics(timeout=bootstrap_timeout)
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"Kafka unreachable at {bootstrap}: {error}") from error
+        self._polling = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-deliveries", daemon=True)
+        self._poller.start()
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        settle: Settle,
+    ) -> None:
+        def delivered(error: confluent_kafka.KafkaError | None, record: object) -> None:
+            settle(None if error is None else _refusal(error))
+
+        produce_headers: list[tuple[str, str | bytes | None]] = list(headers)
+        try:
+            self._producer.produce(
+                topic, value, key, headers=produce_headers, on_delivery=delivered
+            )
+        except BufferError as error:
+            raise TransientError(f"the producer's queue is full: {error}") from error
+        except confluent_kafka.KafkaException as error:
+            raise _refusal(error.args[0]) from error
+
+    def partitions_for(self, topic: str) -> set[int]:
+        try:
+            metadata = self._producer.list_topics(topic, timeout=self._timeout)
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"no metadata for {topic}: {error}") from error
+        found = metadata.topics[topic]
+        if found.error is not None:
+            raise TransientError(f"no metadata for {topic}: {found.error}")
+        return set(found.partitions)
+
+    def close(self, timeout: float) -> None:
+        """Wait up to `timeout` for the records in flight; TransientError if some remain."""
+        self._polling = False
+        self._poller.join()
+        left = self._producer.flush(timeout)
+        if left:
+            raise TransientError(f"{left} record(s) not acknowledged within {timeout:.0f}s")
+
+    def _poll(self) -> None:
+        while self._polling:
+            self._producer.poll(0.1)
+
+
+def _refusal(error: confluent_kafka.KafkaError) -> TransientError | PermanentError:
+    if error.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
+        return PermanentError(f"Kafka refused the record: {error.str()}")
+    return TransientError(f"Kafka refused the record: {error.str()}")
 
 
 def _retire(producer: Producer) -> None:
     try:
         producer.close(timeout=CLOSE_TIMEOUT)
-    except KafkaError as error:
-        # kafka-python's close first waits for the records the producer holds, and a wedged
-        # producer never completes them: its I/O thread is then left behind, idle.
-        log.warning("a Kafka producer did not close within %.0fs: %s", CLOSE_TIMEOUT, error)
+    except TransientError as error:
+        # A wedged producer never completes what it holds; its threads are left behind, idle.
+        log.warning("a Kafka producer did not close: %s", error)
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

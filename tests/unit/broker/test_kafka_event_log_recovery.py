@@ -4,15 +4,12 @@ stored unless Kafka acknowledged it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError
 
 from execmesh.broker.kafka_binding import KafkaRecord
-from execmesh.broker.kafka_io import KafkaEventLog, Producer, Watchdog
+from execmesh.broker.kafka_io import KafkaEventLog, Producer, Settle, Watchdog
 from execmesh.errors import TransientError
 
 TOPIC = "knative-broker-test-default"
@@ -20,21 +17,9 @@ RECORD = KafkaRecord(b"k", b"{}", [("ce_id", b"1")])
 
 
 @dataclass
-class Sent:
-    acknowledged: bool
-
-    def add_callback(self, callback: Callable[[Any], None]) -> None:
-        if self.acknowledged:
-            callback(None)
-
-    def add_errback(self, errback: Callable[[Exception], None]) -> None:
-        pass
-
-
-@dataclass
 class FakeProducer:
-    """Acknowledges every record, or, wedged, none, as kafka-python's producer after it lost
-    its producer id."""
+    """Acknowledges every record, or, wedged, none, as kafka-python's idempotent producer after
+    it lost its producer id."""
 
     wedged: bool = False
     sent: list[tuple[str, bytes]] = field(default_factory=list)
@@ -42,19 +27,25 @@ class FakeProducer:
     closed: bool = False
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Sent:
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        settle: Settle,
+    ) -> None:
         self.sent.append((topic, value))
-        return Sent(acknowledged=not self.wedged)
+        if not self.wedged:
+            settle(None)
 
     def partitions_for(self, topic: str) -> set[int]:
         self.known_topics.append(topic)
         return {0}
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float) -> None:
         if self.wedged:
-            # kafka-python's close waits for the records a wedged producer never completes.
-            raise KafkaTimeoutError("Timeout waiting for future")
+            # A wedged producer never completes the records it holds.
+            raise TransientError("1 record(s) not acknowledged within 5s")
         self.closed = True
 
 
