@@ -28,7 +28,7 @@ def to_record(event: Event) -> KafkaRecord:
     return KafkaRecord(None if key is None else key.encode(), event.data, headers)
 
 
-def from_record(value: bytes | None, headers: Iterable[tuple[str, bytes]]) -> Event:
+def from_record(value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> Event:
     """The event stored in a record; raises InvalidEvent for a record that is not one."""
     attributes: dict[str, str] = {}
     for name, raw in headers:

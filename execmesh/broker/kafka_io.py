@@ -1,5 +1,9 @@
-"""The broker's Kafka edges: the topic, and the producer behind the ingress (and behind the
-dispatchers' replies). Reading the topic for the triggers is `readers.py`.
+"""The broker's Kafka edges: the topic, the producer behind the ingress (and behind the
+dispatchers' replies), and the consumer behind the topic's readers (`readers.py`).
+
+The producer and the consumer are librdkafka's (confluent-kafka): it fetches and sends in its
+own threads, outside the GIL that the broker's event loop needs. Topics are created with
+kafka-python's admin client.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 import confluent_kafka
 from kafka import KafkaAdminClient
@@ -290,3 +295,145 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+class Consumer(Protocol):
+    """What the topic readers need of a Kafka consumer; fakes stand in for it in unit tests.
+
+    Partitions are assigned, never subscribed: a group only stores offsets, and no consumer
+    joins it.
+    """
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions; none while it is still being created."""
+
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        """The first offset the log still keeps, and the offset after its last record."""
+
+    def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int | None]: ...
+
+    def commit(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Store the group's offsets; TransientError when Kafka did not take them."""
+
+    def read(self, topic: str, positions: Mapping[int, int]) -> None:
+        """Fetch these partitions from these offsets on."""
+
+    def poll(self, timeout: float) -> list[ReadRecord]:
+        """What arrived, or nothing after `timeout` seconds; TransientError when Kafka is
+        unreachable."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RdKafkaConsumer:
+    """librdkafka's consumer (confluent-kafka). It fetches in its own threads once told what
+    to `read`, and only then: a cursor's consumer stores offsets and fetches nothing."""
+
+    MAX_RECORDS = 500
+    METADATA_TIMEOUT = 5.0
+
+    def __init__(self, bootstrap: str, group: str, client_id: str) -> None:
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "client.id": client_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                # Only for a position that retention removed while the broker ran: the starts
+                # are clamped to the log's first offset.
+                "auto.offset.reset": "latest",
+                # Kafka answers a fetch as soon as one record is there: the wait only bounds
+                # idle fetches.
+                "fetch.wait.max.ms": 500,
+                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+
+    def partitions(self, topic: str) -> list[int]:
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=self.METADATA_TIMEOUT)
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"no metadata for {topic}: {error}") from error
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return []
+        return sorted(found.partitions)
+
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        try:
+            first, end = self._consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(topic, partition), timeout=self.METADATA_TIMEOUT
+            )
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"no offsets for {topic}/{partition}: {error}") from error
+        return first, end
+
+    def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int | None]:
+        asked = [confluent_kafka.TopicPartition(topic, p) for p in partitions]
+        try:
+            found = self._consumer.committed(asked, timeout=self.METADATA_TIMEOUT)
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"no committed offsets for {topic}: {error}") from error
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in found}
+
+    def commit(self, topic: str, offsets: Mapping[int, int]) -> None:
+        stored = [confluent_kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=stored, asynchronous=False)
+        except confluent_kafka.KafkaException as error:
+            raise TransientError(f"offsets not committed: {error}") from error
+
+    def read(self, topic: str, positions: Mapping[int, int]) -> None:
+        self._consumer.assign(
+            [confluent_kafka.TopicPartition(topic, p, o) for p, o in positions.items()]
+        )
+
+    def poll(self, timeout: float) -> list[ReadRecord]:
+        # consume() waits for a full batch or the timeout: wait for one record, then take what
+        # else is already there.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        records = []
+        for message in [first, *self._consumer.consume(self.MAX_RECORDS - 1, 0)]:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise TransientError(f"the consumer failed: {error.str()}")
+                log.warning("reading %s: %s", message.topic(), error.str())
+                continue
+            records.append(
+                ReadRecord(
+                    message.partition() or 0,
+                    message.offset() or 0,
+                    message.key(),
+                    message.value(),
+                    # A list of (name, bytes or None) as consumed; the stub also allows a dict.
+                    cast(list[tuple[str, bytes | None]], message.headers() or []),
+                )
+            )
+        return records
+
+    def pause(self) -> None:
+        self._consumer.pause(self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._consumer.resume(self._consumer.assignment())
+
+    def close(self) -> None:
+        self._consumer.close()

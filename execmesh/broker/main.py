@@ -212,8 +212,6 @@ def main(argv: list[str]) -> int:
     )
     for chatty in ("kafka", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    # "Task ran for 0.1s": kafka-python's IO thread waiting for the GIL, not a fault.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         local = LocalConfig.load(args.local_config)
         eventing = load_eventing(args.eventing_dir, local.namespace)

@@ -26,15 +26,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from execmesh.broker.cloudevent import Event
 from execmesh.broker.kafka_binding import from_record
-from execmesh.broker.kafka_io import RECONNECT_BACKOFF_MAX_MS
+from execmesh.broker.kafka_io import Consumer, RdKafkaConsumer, ReadRecord
 from execmesh.broker.offsets import OffsetTracker
 from execmesh.errors import InvalidEvent, TransientError
 
@@ -42,26 +37,14 @@ log = logging.getLogger(__name__)
 
 POLL_RETRY_SECONDS = 1.0
 PARTITIONS_WAIT_SECONDS = 15.0
+SETTLE_SECONDS = 30.0
+SETTLE_RETRY_SECONDS = 0.2
 
 # (partition, offset, record key, the event or None for a record that is not a CloudEvent)
 Handed = tuple[int, int, bytes | None, Event | None]
 Submit = Callable[[list[Handed]], None]
-ConsumerFactory = Callable[[str, str | None, str], Any]
-
-
-def kafka_consumer(bootstrap: str, group: str | None, client_id: str) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        max_poll_records=500,
-        # Kafka answers a fetch as soon as one record is there: the wait only bounds idle
-        # fetches.
-        fetch_max_wait_ms=500,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-    )
+# (bootstrap, group, client id): the shared reader's group stores nothing.
+ConsumerFactory = Callable[[str, str, str], Consumer]
 
 
 class TriggerCursor:
@@ -77,7 +60,7 @@ class TriggerCursor:
         group: str,
         loop: asyncio.AbstractEventLoop,
         max_pending: int = 2000,
-        consumer_factory: ConsumerFactory = kafka_consumer,
+        consumer_factory: ConsumerFactory = RdKafkaConsumer,
     ) -> None:
         self.topic, self.group = topic, group
         self._bootstrap, self._loop = bootstrap, loop
@@ -87,38 +70,55 @@ class TriggerCursor:
         self._pending: Callable[[], int] = lambda: 0
         self._done: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._trackers: dict[int, OffsetTracker] = {}
-        self.consumer: Any = None
+        self.consumer: Consumer | None = None
 
     def connect(self, submit: Submit, pending: Callable[[], int]) -> None:
         """Where the records go, and how many of them are still unfinished there."""
         self._submit, self._pending = submit, pending
 
     def settle(self, partitions: Sequence[int]) -> None:
-        """Blocking: the group's committed offsets, or the topic's end for a new group."""
+        """Blocking: the group's committed offsets, or the topic's end for a new group.
+
+        Retried for a while: a Kafka that just started answers "not coordinator" for a moment.
+        """
         consumer = self._consumer_factory(self._bootstrap, self.group, self.group)
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        consumer.assign(tps)
-        starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-        fresh: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp in tps:
-            committed = consumer.committed(tp)
-            # Past retention, the shared reader would seek below the log's start, and its reset
-            # to the end would skip every other trigger's unread records too.
-            position = ends[tp] if committed is None else max(committed, starts[tp])
-            if position != committed:
-                if committed is not None:
-                    log.warning("group %s: offset %d of %s is gone", self.group, committed, tp)
-                fresh[tp] = OffsetAndMetadata(position, "", -1)
-            self._trackers[tp.partition] = OffsetTracker(position)
-            self._trackers[tp.partition].committed(position)
-        if fresh:
-            consumer.commit(fresh)
-            log.info(
-                "group %s starts at %s",
-                self.group,
-                {tp.partition: o.offset for tp, o in fresh.items()},
-            )
+        deadline = time.monotonic() + SETTLE_SECONDS
+        try:
+            while True:
+                try:
+                    self._settle(consumer, partitions)
+                    break
+                except TransientError as error:
+                    if time.monotonic() > deadline:
+                        raise
+                    log.info("group %s: offsets not read yet, retrying: %s", self.group, error)
+                    time.sleep(SETTLE_RETRY_SECONDS)
+        except BaseException:
+            consumer.close()
+            raise
         self.consumer = consumer
+
+    def _settle(self, consumer: Consumer, partitions: Sequence[int]) -> None:
+        committed = consumer.committed(self.topic, partitions)
+        fresh: dict[int, int] = {}
+        for partition in partitions:
+            start, end = consumer.bounds(self.topic, partition)
+            stored = committed.get(partition)
+            # Past retention, the shared reader would start below the log's start, and its
+            # reset to the end would skip every other trigger's unread records too.
+            position = end if stored is None else max(stored, start)
+            if position != stored:
+                if stored is not None:
+                    log.warning(
+                        "group %s: offset %d of partition %d is gone",
+                        self.group, stored, partition,
+                    )  # fmt: skip
+                fresh[partition] = position
+            self._trackers[partition] = OffsetTracker(position)
+            self._trackers[partition].committed(position)
+        if fresh:
+            consumer.commit(self.topic, fresh)
+            log.info("group %s starts at %s", self.group, fresh)
 
     @property
     def positions(self) -> dict[int, int]:
@@ -159,20 +159,20 @@ class TriggerCursor:
         for partition, tracker in self._trackers.items():
             offset = tracker.to_commit()
             if offset is not None:
-                offsets[TopicPartition(self.topic, partition)] = OffsetAndMetadata(offset, "", -1)
-        if not offsets:
+                offsets[partition] = offset
+        if not offsets or self.consumer is None:
             return
         try:
-            self.consumer.commit(offsets)
-        except KafkaError as error:
+            self.consumer.commit(self.topic, offsets)
+        except TransientError as error:
             log.warning("group %s: commit failed, will retry: %s", self.group, error)
             return
-        for tp, committed in offsets.items():
-            self._trackers[tp.partition].committed(committed.offset)
+        for partition, offset in offsets.items():
+            self._trackers[partition].committed(offset)
 
     def close(self) -> None:
         if self.consumer is not None:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
 
 
 class TopicReader:
@@ -187,11 +187,11 @@ class TopicReader:
         self,
         topic: str,
         cursors: Sequence[TriggerCursor],
-        consumer: Any = None,
+        consumer: Consumer | None = None,
         *,
         bootstrap: str = "",
         commit_interval: float = 0.2,
-        consumer_factory: ConsumerFactory = kafka_consumer,
+        consumer_factory: ConsumerFactory = RdKafkaConsumer,
     ) -> None:
         self.topic = topic
         self._cursors = list(cursors)
@@ -209,15 +209,14 @@ class TopicReader:
     def start(self) -> None:
         """Blocking: settle every trigger's start offsets, then poll in a thread."""
         if self._shared:
-            consumer = self._consumer_factory(self._bootstrap, None, f"broker-{self.topic}")
+            reader = f"execmesh-reader-{self.topic}"
+            consumer = self._consumer_factory(self._bootstrap, reader, reader)
             try:
                 partitions = _partitions(consumer, self.topic)
                 for cursor in self._cursors:
                     cursor.settle(partitions)
-                tps = [TopicPartition(self.topic, p) for p in partitions]
-                consumer.assign(tps)
-                for tp in tps:
-                    consumer.seek(tp, min(c.positions[tp.partition] for c in self._cursors))
+                starts = {p: min(c.positions[p] for c in self._cursors) for p in partitions}
+                consumer.read(self.topic, starts)
             except BaseException:
                 consumer.close()
                 for cursor in self._cursors:
@@ -247,6 +246,8 @@ class TopicReader:
             reader.close()
 
     def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None  # given, or made by start()
         last_commit = time.monotonic()
         paused = False
         try:
@@ -261,19 +262,18 @@ class TopicReader:
                 if self._shared:
                     self._detach_the_overloaded()
                 else:
-                    paused = self._pause_while_overloaded(paused)
+                    paused = self._pause_while_overloaded(consumer, paused)
                 try:
-                    polled = self._consumer.poll(timeout_ms=500)
-                except KafkaError as error:
+                    polled = consumer.poll(timeout=0.5)
+                except TransientError as error:
                     # Kafka unreachable (restarting, network): the client reconnects by itself
                     # and the positions are unchanged, so poll again after a pause.
                     log.warning("%s: poll failed, retrying: %s", self._thread.name, error)
                     time.sleep(POLL_RETRY_SECONDS)
                     continue
                 records = [
-                    (tp.partition, record.offset, record.key, _event(record))
-                    for tp, batch in polled.items()
-                    for record in batch
+                    (record.partition, record.offset, record.key, _event(record))
+                    for record in polled
                 ]
                 if records:
                     for cursor in self._cursors:
@@ -285,40 +285,39 @@ class TopicReader:
         finally:
             for cursor in self._cursors:
                 cursor.close()
-            if self._shared and self._consumer is not None:
-                self._consumer.close(autocommit=False)
+            if self._shared:
+                consumer.close()
 
     def _detach_the_overloaded(self) -> None:
         for cursor in [c for c in self._cursors if c.overloaded]:
             self._cursors.remove(cursor)
             cursor.commit()
-            for partition, position in cursor.positions.items():
-                cursor.consumer.seek(TopicPartition(self.topic, partition), position)
+            assert cursor.consumer is not None  # settled before the reader started
+            cursor.consumer.read(self.topic, cursor.positions)
             log.warning("%s fell behind: it reads on its own from now on", cursor.group)
             reader = TopicReader(self.topic, [cursor], cursor.consumer)
             reader.start()
             self.detached.append(reader)
 
-    def _pause_while_overloaded(self, paused: bool) -> bool:
+    def _pause_while_overloaded(self, consumer: Consumer, paused: bool) -> bool:
         overloaded = self._cursors[0].overloaded
         if overloaded != paused:
-            assigned = list(self._consumer.assignment())
-            (self._consumer.pause if overloaded else self._consumer.resume)(*assigned)
+            (consumer.pause if overloaded else consumer.resume)()
         return overloaded
 
 
-def _partitions(consumer: Any, topic: str) -> list[int]:
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
     deadline = time.monotonic() + PARTITIONS_WAIT_SECONDS
-    partitions = consumer.partitions_for_topic(topic) or set()
+    partitions = consumer.partitions(topic)
     while not partitions and time.monotonic() < deadline:
         time.sleep(0.1)
-        partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = consumer.partitions(topic)
     if not partitions:
         raise TransientError(f"topic {topic} has no partitions")
-    return sorted(partitions)
+    return partitions
 
 
-def _event(record: Any) -> Event | None:
+def _event(record: ReadRecord) -> Event | None:
     try:
         return from_record(record.value, record.headers)
     except InvalidEvent as error:

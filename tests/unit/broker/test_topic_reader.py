@@ -6,32 +6,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kafka import TopicPartition
-from kafka.errors import KafkaConnectionError
 
 from execmesh.broker import readers
+from execmesh.broker.kafka_io import ReadRecord
 from execmesh.broker.readers import Handed, TopicReader, TriggerCursor
+from execmesh.errors import TransientError
 
 TOPIC = "knative-broker-test-default"
 
 
-@dataclass
-class Record:
-    offset: int
-    key: bytes | None = b"exec-1"
-    value: bytes = b"not a cloudevent"
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    partition: int = 0
-
-
 class FakeConsumer:
-    """A kafka-python consumer over one partition: ``committed`` is the group's offset; each
-    poll returns the records from the position on, after ``failures`` refused polls."""
+    """A consumer over one partition: ``committed`` is the group's offset; each poll returns
+    the records from the position on, after ``failures`` refused polls."""
 
     def __init__(
         self, records: int = 0, committed: int | None = None, failures: int = 0, start: int = 0
@@ -43,51 +34,49 @@ class FakeConsumer:
         self.commits: list[int] = []
         self.paused = False
         self.closed = False
+        self.unanswered_reads_of_committed = 0  # as a Kafka just started: "not coordinator"
 
-    def assign(self, tps: list[TopicPartition]) -> None:
-        pass
+    def partitions(self, topic: str) -> list[int]:
+        return [0]
 
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return {0}
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        return self.start, self.records
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.records for tp in tps}
+    def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int | None]:
+        if self.unanswered_reads_of_committed:
+            self.unanswered_reads_of_committed -= 1
+            raise TransientError("Broker: Not coordinator")
+        return {0: self.committed_offset}
 
-    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.start for tp in tps}
+    def commit(self, topic: str, offsets: Mapping[int, int]) -> None:
+        self.commits += offsets.values()
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        return self.committed_offset
+    def read(self, topic: str, positions: Mapping[int, int]) -> None:
+        self.position = positions[0]
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.position = offset
-
-    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+    def poll(self, timeout: float) -> list[ReadRecord]:
         self.polls += 1
         if self.polls <= self.failures:
-            raise KafkaConnectionError("111 ECONNREFUSED")
-        if self.position < self.start:  # out of range: auto_offset_reset="latest"
+            raise TransientError("111 ECONNREFUSED")
+        if self.position < self.start:  # out of range: auto.offset.reset=latest
             self.position = self.records
         if self.paused or self.position >= self.records:
             time.sleep(0.005)
-            return {}
-        batch = [Record(offset=o) for o in range(self.position, self.records)]
+            return []
+        batch = [
+            ReadRecord(0, offset, b"exec-1", b"not a cloudevent", [])
+            for offset in range(self.position, self.records)
+        ]
         self.position = self.records
-        return {TopicPartition(TOPIC, 0): batch}
+        return batch
 
-    def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(TOPIC, 0)]
-
-    def pause(self, *tps: TopicPartition) -> None:
+    def pause(self) -> None:
         self.paused = True
 
-    def resume(self, *tps: TopicPartition) -> None:
+    def resume(self) -> None:
         self.paused = False
 
-    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        self.commits += [meta.offset for meta in offsets.values()]
-
-    def close(self, autocommit: bool = True) -> None:
+    def close(self) -> None:
         self.closed = True
 
 
@@ -101,6 +90,7 @@ class Trigger:
     """What a dispatcher does with its records: keeps them, finishes them or not."""
 
     cursor: TriggerCursor
+    consumer: FakeConsumer
     finish: bool = True
     handed: list[int] = field(default_factory=list)
     unfinished: int = 0
@@ -123,7 +113,7 @@ def trigger(group: str, consumer: FakeConsumer, *, finish: bool = True) -> Trigg
         max_pending=3,
         consumer_factory=lambda bootstrap, group, client_id: consumer,
     )
-    handle = Trigger(cursor, finish)
+    handle = Trigger(cursor, consumer, finish)
     cursor.connect(handle.submit, lambda: handle.unfinished)
     return handle
 
@@ -153,14 +143,14 @@ def test_one_read_serves_every_trigger_from_its_own_groups_position() -> None:
     topic.start()
     try:
         wait_until(lambda: len(behind.handed) == 6 and len(ahead.handed) == 2)
-        wait_until(lambda: behind.cursor.consumer.commits[-1:] == [10])
-        wait_until(lambda: ahead.cursor.consumer.commits[-1:] == [10])
+        wait_until(lambda: behind.consumer.commits[-1:] == [10])
+        wait_until(lambda: ahead.consumer.commits[-1:] == [10])
     finally:
         topic.close()
     # The shared consumer started at the lowest position; each trigger got only its own part.
     assert behind.handed == [4, 5, 6, 7, 8, 9]
     assert ahead.handed == [8, 9]
-    assert shared.closed and behind.cursor.consumer.closed and ahead.cursor.consumer.closed
+    assert shared.closed and behind.consumer.closed and ahead.consumer.closed
 
 
 def test_a_group_whose_offset_retention_removed_resumes_at_the_log_start_alone() -> None:
@@ -175,7 +165,7 @@ def test_a_group_whose_offset_retention_removed_resumes_at_the_log_start_alone()
     # Seeking the shared consumer to 2 would have reset it to the end, for both triggers.
     assert stale.handed == [5, 6, 7, 8, 9]
     assert current.handed == [6, 7, 8, 9]
-    assert stale.cursor.consumer.commits[0] == 5
+    assert stale.consumer.commits[0] == 5
 
 
 def test_a_new_group_starts_at_the_end_and_has_it_committed_before_traffic() -> None:
@@ -183,11 +173,27 @@ def test_a_new_group_starts_at_the_end_and_has_it_committed_before_traffic() -> 
     topic = reader(FakeConsumer(records=5), fresh)
     topic.start()
     try:
-        assert fresh.cursor.consumer.commits == [5]
+        assert fresh.consumer.commits == [5]
         time.sleep(0.05)
         assert fresh.handed == []
     finally:
         topic.close()
+
+
+def test_a_group_whose_coordinator_is_not_ready_yet_is_settled_once_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(readers, "SETTLE_RETRY_SECONDS", 0.01)
+    consumer = FakeConsumer(records=10, committed=4)
+    consumer.unanswered_reads_of_committed = 3
+    late = trigger("late", consumer)
+    topic = reader(FakeConsumer(records=10), late)
+    topic.start()
+    try:
+        wait_until(lambda: len(late.handed) == 6)
+    finally:
+        topic.close()
+    assert late.handed == [4, 5, 6, 7, 8, 9]
 
 
 def test_a_trigger_that_falls_behind_reads_on_its_own_and_the_others_go_on() -> None:
@@ -245,7 +251,7 @@ def test_a_crashed_reader_is_reported_dead() -> None:
     topic.start()
     done = threading.Event()
 
-    def broken(timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+    def broken(timeout: float) -> list[ReadRecord]:
         done.set()
         raise RuntimeError("a bug")
 
