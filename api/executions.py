@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -243,7 +244,17 @@ async def events(request: Request) -> Response:
         document = await anyio.to_thread.run_sync(gateway.executions.get, execution_id)
         return document.status.value if document and document.status.is_terminal else None
 
-    stream = gateway.live.follow(execution_id, last, finished)
+    stream_id = uuid.uuid4().hex
+    if not await gateway.protection.open_stream(principal.user_id, stream_id):
+        raise Problem(
+            429,
+            f"{gateway.settings.api_max_streams_per_user} live event streams are already open; "
+            "close one first",
+            code="too_many_streams",
+            headers={"Retry-After": "1"},
+        )
+    chunks = gateway.live.follow(execution_id, last, finished)
+    stream = gateway.protection.while_open(principal.user_id, stream_id, chunks)
     sse_headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
 

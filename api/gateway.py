@@ -73,6 +73,7 @@ class Gateway:
                 rate_per_second=settings.api_rate_per_second,
                 max_active=settings.api_max_active_per_user,
                 stale_after_ms=stale_ms,
+                max_streams=settings.api_max_streams_per_user,
             ),
             live=LiveEvents(client),
             outbox=Outbox(records, sender),

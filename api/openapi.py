@@ -141,6 +141,7 @@ def paths() -> dict[str, Any]:
                     },
                     "400": problem("bad Last-Event-ID"),
                     "404": problem("no such execution of the caller"),
+                    "429": problem("rate limit exceeded, or the caller's streams are all open"),
                 },
                 parameters=[
                     ID,

@@ -68,9 +68,11 @@ class Settings:
     lease_seconds: float = 120.0
     # A multiplier on the dlq's retry delays (tests make them fast).
     dlq_delay_scale: float = 1.0
-    # API gateway: per-user requests per second, executions in flight per user, body size.
+    # API gateway: per-user requests per second, executions in flight per user, live event
+    # streams open per user (each holds a Redis connection), body size.
     api_rate_per_second: int = 20
     api_max_active_per_user: int = 50
+    api_max_streams_per_user: int = 10
     api_max_body_bytes: int = 1024 * 1024
     # Signs callback webhooks (HMAC-SHA256); empty: callbacks are sent unsigned.
     api_callback_secret: str = ""
@@ -145,6 +147,11 @@ class Settings:
             ),
             api_max_active_per_user=int(
                 env.get("EXECMESH_API_MAX_ACTIVE_PER_USER", defaults.api_max_active_per_user)
+            ),
+            api_max_streams_per_user=positive(
+                "EXECMESH_API_MAX_STREAMS_PER_USER",
+                env.get("EXECMESH_API_MAX_STREAMS_PER_USER"),
+                defaults.api_max_streams_per_user,
             ),
             api_max_body_bytes=int(
                 env.get("EXECMESH_API_MAX_BODY_BYTES", defaults.api_max_body_bytes)

@@ -53,7 +53,11 @@ class ApiMesh:
 
 
 def start_api_mesh(root: Path, **env: str) -> Iterator[ApiMesh]:
-    defaults = {"EXECMESH_API_RATE_PER_SECOND": "50", "EXECMESH_API_MAX_ACTIVE_PER_USER": "20"}
+    defaults = {
+        "EXECMESH_API_RATE_PER_SECOND": "50",
+        "EXECMESH_API_MAX_ACTIVE_PER_USER": "20",
+        "EXECMESH_API_MAX_STREAMS_PER_USER": "3",
+    }
     meshes = start_mesh(
         root, port_offset=API_PORT_OFFSET, redis_db=API_REDIS_DB, **{**defaults, **env}
     )

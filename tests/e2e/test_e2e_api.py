@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -107,6 +108,27 @@ def test_the_live_events_arrive_in_order_and_resume_after_last_event_id(
     with alice.stream("GET", url, headers={"Last-Event-ID": events[1].id}) as response:
         resumed = list(parse_sse(response.iter_lines()))
     assert [e.id for e in resumed] == [e.id for e in events[2:]]
+
+
+def test_a_user_has_a_bounded_number_of_live_streams_and_a_closed_one_frees_its_place(
+    api: ApiMesh,
+) -> None:
+    with api.client(api.key("erin")) as erin, contextlib.ExitStack() as streams:
+        execution_id = submit(erin, "import time; time.sleep(30)", limits={"timeout_seconds": 60})
+        url = f"{SUBMIT}/{execution_id}/events"
+        held = [streams.enter_context(erin.stream("GET", url, timeout=90)) for _ in range(3)]
+        assert [response.status_code for response in held] == [200, 200, 200]
+        refused = erin.get(url)
+        assert refused.status_code == 429 and refused.json()["code"] == "too_many_streams"
+        held[0].close()  # the client goes away: the API notices and gives the lease back
+        deadline = time.monotonic() + 10
+        while True:
+            with erin.stream("GET", url, timeout=90) as answer:
+                if answer.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed stream's lease was not given back"
+            time.sleep(0.2)
+        assert erin.post(f"{SUBMIT}/{execution_id}/cancel").status_code == 202
 
 
 def test_output_too_large_to_travel_inline_is_served_by_link(

@@ -70,6 +70,7 @@ def api(
         k_sink="http://127.0.0.1:9/unused",
         api_rate_per_second=5,
         api_max_active_per_user=3,
+        api_max_streams_per_user=2,
         api_max_body_bytes=64 * 1024,
         api_callback_secret="s3cret",
         # The receivers of the callback tests listen on this machine.
