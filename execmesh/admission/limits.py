@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from execmesh.errors import PermanentError
-from execmesh.events import ExecutionRequested, ExecutionSpec, Limits
+from execmesh.events import MAX_STDIN_BYTES, ExecutionRequested, ExecutionSpec, Limits
 from execmesh.settings import Settings
 
 # The smallest pod the executor builds (see execmesh.pods.manifest.Limits).
@@ -99,6 +99,13 @@ def check_request(
         return Rejection(
             "script_too_large",
             f"the script is {script_bytes} bytes; at most {server.max_script_bytes} are allowed",
+        )
+    # The model bounds stdin in characters; what travels and fills the pod's ConfigMap is bytes.
+    stdin_bytes = len((spec.stdin or "").encode("utf-8"))
+    if stdin_bytes > MAX_STDIN_BYTES:
+        return Rejection(
+            "stdin_too_large",
+            f"stdin is {stdin_bytes} bytes; at most {MAX_STDIN_BYTES} are allowed",
         )
     limits = request.limits or defaults_for(runtime, server)
     refused = check_limits(limits, server) or check_runtime_needs(limits, runtime)

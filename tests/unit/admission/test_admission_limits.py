@@ -12,7 +12,7 @@ from execmesh.admission.limits import (
     ServerLimits,
     check_request,
 )
-from execmesh.events import ExecutionRequested, ExecutionSpec, Limits
+from execmesh.events import MAX_STDIN_BYTES, ExecutionRequested, ExecutionSpec, Limits
 from execmesh.pods.runtimes import RuntimeRegistry, cluster_runtimes
 from execmesh.settings import Settings
 
@@ -34,6 +34,7 @@ def request(
     language: str = "python",
     version: str = "3.11",
     script: str = "print(1)",
+    stdin: str | None = None,
     **limits: float,
 ) -> ExecutionRequested:
     asked = None
@@ -48,7 +49,7 @@ def request(
     return ExecutionRequested(
         execution_id="ex-1",
         user_id="alice",
-        spec=ExecutionSpec(language=language, version=version, script=script),
+        spec=ExecutionSpec(language=language, version=version, script=script, stdin=stdin),
         limits=asked,
         submitted_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
@@ -61,6 +62,8 @@ def request(
         (request(version="2.7"), "unknown_runtime"),
         (request(script="x" * 101), "script_too_large"),
         (request(script="é" * 51), "script_too_large"),
+        # Within the model's count of characters, over the byte limit the name promises.
+        (request(stdin="é" * (MAX_STDIN_BYTES // 2 + 1)), "stdin_too_large"),
         (request(timeout_seconds=61), "timeout_too_large"),
         (request(memory_mb=513), "memory_too_large"),
         (request(memory_mb=15), "memory_too_small"),
@@ -82,6 +85,7 @@ def test_a_request_beyond_the_server_limits_is_rejected_with_a_code(
     "asked",
     [
         request(script="x" * 100),
+        request(stdin="é" * (MAX_STDIN_BYTES // 2)),
         request(timeout_seconds=60, memory_mb=512, cpu_millis=1000, output_bytes=2_000_000),
         request(memory_mb=16, cpu_millis=10),
     ],
