@@ -1,10 +1,11 @@
-"""Benchmark of the local broker against raw kafka-python, measured in the same run.
+"""Benchmark of the local broker against raw librdkafka, measured in the same run.
 
     .venv/bin/python bench/mesh/run.py [--events N] [--rate R] [--report PATH]
 
 One hop = an event POSTed to the broker's ingress until the subscriber receives it. The same
-run measures raw kafka-python produce-then-consume (the floor any Kafka-backed broker
-stands on); "added per hop" is the broker's latency minus that floor.
+run measures raw produce-then-consume with the broker's own Kafka client, librdkafka
+(confluent-kafka), configured as the broker configures it: the floor any Kafka-backed broker
+stands on; "added per hop" is the broker's latency minus that floor.
 
 Throughput: N events as fast as the load generator can (C keep-alive connections), timed
 from the first send to the last delivery. Latency: events paced at R per second, so that the
@@ -29,11 +30,12 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
+import confluent_kafka
 import httpx
 import uvloop
 import yaml
 from http_tools import Sink, binary_request, read_response
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient
 
 from execmesh.settings import PROJECT_ROOT, Settings
 
@@ -41,6 +43,7 @@ BODY = b'{"execution_id": "bench", "language": "python", "n": 1}'
 PARTITIONS = 10
 KEYS = 200
 CONNECTIONS = 32
+RAW = "raw librdkafka"
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,13 @@ def free_port() -> int:
         return port
 
 
-# ---------------------------------------------------------------- raw kafka-python
+# ---------------------------------------------------------------- raw librdkafka
 
 
 def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]:
-    """kafka-python alone: this process produces, a child process consumes (as in the
-    broker, where the ingress process produces and the dispatcher process consumes)."""
+    """librdkafka alone, configured as the broker's: this process produces (acks=all,
+    idempotent, no linger), a child process consumes (as in the broker, where the ingress
+    process produces and the dispatcher process consumes)."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
@@ -85,18 +89,26 @@ def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]
         target=consume_raw, args=(bootstrap, topic, [events, paced], ready, results)
     )
     consumer.start()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,
+        }
+    )
     try:
         if not ready.wait(30):
             raise RuntimeError("raw consumer did not start")
 
         def send(n: int) -> None:
-            producer.send(
+            producer.produce(
                 topic,
-                value=BODY,
-                key=f"k-{n % KEYS}".encode(),
+                BODY,
+                f"k-{n % KEYS}".encode(),
                 headers=[("sent", str(time.time_ns()).encode())],
             )
+            producer.poll(0)  # serve the delivery reports as they come
 
         start_ns = time.time_ns()
         for n in range(events):
@@ -104,17 +116,15 @@ def raw_kafka(bootstrap: str, events: int, rate: float) -> tuple[Result, Result]
         producer.flush()
         blast = results.get(timeout=120)
         elapsed = (max(received for _, received in blast) - start_ns) / 1e9
-        throughput = Result("raw kafka-python", events / elapsed, *_lat(blast))
+        throughput = Result(RAW, events / elapsed, *_lat(blast))
         start = time.perf_counter()
         for n in range(paced):
             _pace(start, n, rate)
             send(n)
         producer.flush()
-        latency = Result(
-            f"raw kafka-python, paced {rate:.0f}/s", rate, *_lat(results.get(timeout=60))
-        )
+        latency = Result(f"{RAW}, paced {rate:.0f}/s", rate, *_lat(results.get(timeout=60)))
     finally:
-        producer.close()
+        producer.flush(10)
         consumer.join(10)
         if consumer.is_alive():
             consumer.kill()
@@ -128,22 +138,30 @@ def consume_raw(
     ready: EventType,
     results: multiprocessing.Queue[list[tuple[int, int]]],
 ) -> None:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-reader",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
     )
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
+    # The topic is new: everything in it is the benchmark's.
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     ready.set()
     for expected in rounds:
         received: list[tuple[int, int]] = []
         deadline = time.monotonic() + 120
         while len(received) < expected and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=50).values():
-                now = time.time_ns()
-                received.extend((int(r.headers[0][1]), now) for r in records)
+            # consume() alone waits for a whole batch: one record, then what is already there.
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            batch = [first, *consumer.consume(499, 0)]
+            now = time.time_ns()
+            received.extend(
+                (int(dict(m.headers() or [])["sent"]), now) for m in batch if m.error() is None
+            )
         results.put(received)
     consumer.close()
 
@@ -361,7 +379,7 @@ def report(
         f"p50 {broker_paced.p50_ms - raw_paced.p50_ms:+.2f} ms, "
         f"p99 {broker_paced.p99_ms - raw_paced.p99_ms:+.2f} ms.",
         f"Broker throughput: {broker.events_per_second:,.0f} events/s "
-        f"({broker.events_per_second / raw.events_per_second:.0%} of raw kafka-python's "
+        f"({broker.events_per_second / raw.events_per_second:.0%} of {RAW}'s "
         f"{raw.events_per_second:,.0f}).",
     ]
     if broker.cpu_us_per_event and broker.ingress_cpu_us_per_event:
