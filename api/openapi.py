@@ -47,7 +47,7 @@ def ok(name: str, description: str = "OK") -> dict[str, Any]:
 
 COMMON = {
     "401": problem("missing or invalid API key"),
-    "429": problem("rate limit or quota exceeded"),
+    "429": problem("rate limit or quota exceeded (executions in flight, live streams open)"),
     "503": problem("a dependency is unavailable"),
 }
 
@@ -141,7 +141,6 @@ def paths() -> dict[str, Any]:
                     },
                     "400": problem("bad Last-Event-ID"),
                     "404": problem("no such execution of the caller"),
-                    "429": problem("rate limit exceeded, or the caller's streams are all open"),
                 },
                 parameters=[
                     ID,
