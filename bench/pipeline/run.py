@@ -314,6 +314,16 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - idle) / TICK, sum(ticks) / TICK
 
 
+def machine_use(
+    before: tuple[float, float], after: tuple[float, float], executions: int
+) -> dict[str, float]:
+    busy, total = (b - a for a, b in zip(before, after, strict=True))
+    return {
+        "busy": round(busy / total, 2),
+        "cpu_ms_per_execution": round(busy * 1000 / executions, 1),
+    }
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {"n": 0}
@@ -406,22 +416,15 @@ def main() -> int:
         results["breakdown"] = pipeline.breakdown(ids)
         bare_before = machine_cpu()
         bare_rate = saturate(bare.run, args.concurrency, args.burst)
-        bare_busy, bare_total = (b - a for a, b in zip(bare_before, machine_cpu(), strict=True))
+        bare_after = machine_cpu()
         before, machine_before = cpu_by_component(mesh), machine_cpu()
         pipeline_rate, burst_ids = pipeline_burst(pipeline, args.burst, users=4)
         after, machine_after = cpu_by_component(mesh), machine_cpu()
-        busy, total = (b - a for a, b in zip(machine_before, machine_after, strict=True))
-        # The components miss the kernel's work done outside any process (namespaces torn
-        # down, softirqs) and whatever else runs here: the machine's own count has it all.
+        # The components miss what the kernel does outside any process, and whatever else
+        # runs here: the machine's own count has it all.
         results["machine_at_saturation"] = {
-            "bare node runs": {
-                "busy": round(bare_busy / bare_total, 2),
-                "cpu_ms_per_execution": round(bare_busy * 1000 / args.burst, 1),
-            },
-            "pipeline executions": {
-                "busy": round(busy / total, 2),
-                "cpu_ms_per_execution": round(busy * 1000 / args.burst, 1),
-            },
+            "bare node runs": machine_use(bare_before, bare_after, args.burst),
+            "pipeline executions": machine_use(machine_before, machine_after, args.burst),
         }
         results["cpu_ms_per_execution_at_saturation"] = dict(
             sorted(
