@@ -104,18 +104,9 @@ class Protection:
 
     async def take_slot(self, user_id: str, execution_id: str, now_ms: int) -> bool:
         """Whether the user may have one more execution in flight (idempotent per id)."""
-        args: list[int | str] = [
-            now_ms - self.stale_after_ms,
-            self.max_active,
-            execution_id,
-            now_ms,
-            self.stale_after_ms,
-        ]
-        try:
-            taken = await self._take(keys=[_active(user_id)], args=args)
-        except redis.RedisError as error:
-            raise TransientError(f"redis: quota: {error}") from error
-        return bool(taken)
+        return await self._take_lease(
+            _active(user_id), execution_id, now_ms, self.stale_after_ms, self.max_active, "quota"
+        )
 
     async def release_slot(self, user_id: str, execution_id: str) -> None:
         try:
@@ -125,18 +116,20 @@ class Protection:
 
     async def open_stream(self, user_id: str, stream_id: str) -> bool:
         """Whether the user may open one more live stream; if so, its lease is taken."""
-        now_ms = _now_ms()
-        args: list[int | str] = [
-            now_ms - STREAM_LEASE_MS,
-            self.max_streams,
-            stream_id,
-            now_ms,
-            STREAM_LEASE_MS,
-        ]
+        return await self._take_lease(
+            _streams(user_id), stream_id, _now_ms(), STREAM_LEASE_MS, self.max_streams, "streams"
+        )
+
+    async def _take_lease(
+        self, key: str, member: str, now_ms: int, lapse_ms: int, capacity: int, what: str
+    ) -> bool:
+        """A place in ``key`` for ``member`` unless ``capacity`` live ones are there; a lease
+        older than ``lapse_ms`` no longer counts."""
+        args: list[int | str] = [now_ms - lapse_ms, capacity, member, now_ms, lapse_ms]
         try:
-            taken = await self._take(keys=[_streams(user_id)], args=args)
+            taken = await self._take(keys=[key], args=args)
         except redis.RedisError as error:
-            raise TransientError(f"redis: streams: {error}") from error
+            raise TransientError(f"redis: {what}: {error}") from error
         return bool(taken)
 
     async def while_open(

@@ -94,19 +94,12 @@ def check_request(
         runtime = resolve(spec.language, spec.version)
     except PermanentError as error:
         return Rejection("unknown_runtime", str(error))
-    script_bytes = len(spec.script.encode("utf-8"))
-    if script_bytes > server.max_script_bytes:
-        return Rejection(
-            "script_too_large",
-            f"the script is {script_bytes} bytes; at most {server.max_script_bytes} are allowed",
-        )
     # The model bounds stdin in characters; what travels and fills the pod's ConfigMap is bytes.
-    stdin_bytes = len((spec.stdin or "").encode("utf-8"))
-    if stdin_bytes > MAX_STDIN_BYTES:
-        return Rejection(
-            "stdin_too_large",
-            f"stdin is {stdin_bytes} bytes; at most {MAX_STDIN_BYTES} are allowed",
-        )
+    too_large = _over_bytes("script", "the script", spec.script, server.max_script_bytes) or (
+        _over_bytes("stdin", "stdin", spec.stdin or "", MAX_STDIN_BYTES)
+    )
+    if too_large is not None:
+        return too_large
     limits = request.limits or defaults_for(runtime, server)
     refused = check_limits(limits, server) or check_runtime_needs(limits, runtime)
     if refused is not None:
@@ -161,3 +154,10 @@ def _too(what: str, asked: float, bound: str, allowed: float, unit: str) -> Reje
 
 def _n(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _over_bytes(name: str, label: str, text: str, limit: int) -> Rejection | None:
+    size = len(text.encode("utf-8"))
+    if size <= limit:
+        return None
+    return Rejection(f"{name}_too_large", f"{label} is {size} bytes; at most {limit} are allowed")
